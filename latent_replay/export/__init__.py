@@ -1,0 +1,1 @@
+"""Workstation side: split the network and write ONNX artifacts (see `exporter`)."""

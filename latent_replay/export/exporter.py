@@ -1,0 +1,196 @@
+"""Split MobileNetV1 at the latent layer and write the front, the back's ORT training artifacts and
+the manifest into one directory, atomically.
+
+Runs without PyTorch: `onnxruntime.training/__init__` imports torch (through its `optim` package),
+but the artifact generator (`onnxblock`) does not need it, so it is imported on its own.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import onnx
+
+from ..models import graph as g
+from ..models import mobilenet_v1 as net
+from ..models.weights import MobileNetWeights
+from .manifest import Manifest, sha256_file
+
+FRONT_FILE = "front.onnx"
+BACK_DIR = "back"
+BACK_FILES = {
+    "training_model": "training_model.onnx",
+    "eval_model": "eval_model.onnx",
+    "optimizer_model": "optimizer_model.onnx",
+    "checkpoint": "checkpoint",
+}
+
+
+class ExportError(ValueError):
+    """A user-facing export failure (bad layer, bad class count, unwritable output)."""
+
+
+def _artifacts_module():
+    """`onnxruntime.training.artifacts` without running `onnxruntime.training/__init__` (torch)."""
+    name = "onnxruntime.training"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec("onnxruntime")
+        if spec is None or spec.origin is None:
+            raise ExportError("onnxruntime is not installed: pip install onnxruntime-training-cpu==1.19.2")
+        training_dir = os.path.join(os.path.dirname(spec.origin), "training")
+        if not os.path.isdir(os.path.join(training_dir, "onnxblock")):
+            raise ExportError("this onnxruntime has no training support: "
+                              "pip install onnxruntime-training-cpu==1.19.2 (or onnxruntime-training for CUDA)")
+        package = types.ModuleType(name)
+        package.__path__ = [training_dir]  # type: ignore[attr-defined]
+        sys.modules[name] = package
+    from onnxruntime.training import artifacts  # noqa: E402
+
+    return artifacts
+
+
+def _optimize_front(model: onnx.ModelProto, path: Path) -> None:
+    """Save the front after ORT's portable (basic) graph optimizations: constant folding, redundant
+    node elimination. Provider-specific fusions are left to the session at load time."""
+    import onnxruntime as ort
+
+    raw = path.with_suffix(".raw.onnx")
+    onnx.save(model, raw)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(path)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+    raw.unlink()
+    optimized = onnx.load(str(path))
+    if any(n.op_type == "BatchNormalization" for n in optimized.graph.node):
+        raise RuntimeError("internal error: normalization left in the front graph")
+
+
+def _share_checkpoint_inputs(evaluation: onnx.ModelProto, training: onnx.ModelProto, checkpoint: List[str]) -> None:
+    """Give the eval model every checkpoint array as an input, in the training model's order:
+    ORT's Module feeds the eval model all parameters, used or not. Initializers of the same name
+    are dropped (the checkpoint supplies them)."""
+    names = set(checkpoint)
+    params = [i for i in training.graph.input if i.name in names]
+    keep = [i for i in evaluation.graph.initializer if i.name not in names]
+    del evaluation.graph.initializer[:]
+    evaluation.graph.initializer.extend(keep)
+    evaluation.graph.input.extend(params)
+
+
+def _write_back(weights: MobileNetWeights, latent_layer: str, classes: int, input_size: int,
+                input_order: str, back_dir: Path) -> Dict[str, List[str]]:
+    import onnxruntime as ort
+
+    artifacts = _artifacts_module()
+    ort.set_default_logger_severity(3)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    train = g.build_back(weights, latent_layer, classes, "train", input_size, input_order)
+    _, trainable, carried = g.back_parameters(weights, latent_layer, classes, input_size)
+    constants = [i.name for i in train.graph.initializer if i.name not in trainable]
+    brn_layers = [l.name for l in net.split_layers(latent_layer, input_size)[1]]
+    stats = [name for layer in brn_layers for name in g.batch_stat_names(layer)]
+    artifacts.generate_artifacts(
+        train, requires_grad=trainable, frozen_params=constants,
+        loss=artifacts.LossType.CrossEntropyLoss, optimizer=artifacts.OptimType.SGD,
+        artifact_directory=str(back_dir), additional_output_names=stats or None,
+        loss_input_names=[g.LOGITS],
+    )
+    # ORT derives the eval model by switching BatchNormalization to inference mode, which cannot hold
+    # the batch-statistics outputs; the eval model is instead the same back built in eval mode, with
+    # the checkpoint's arrays as inputs so that it shares them with the training model.
+    evaluation = g.build_back(weights, latent_layer, classes, "eval", input_size, input_order)
+    training = onnx.load(str(back_dir / BACK_FILES["training_model"]))
+    _share_checkpoint_inputs(evaluation, training, trainable + constants)
+    onnx.save(evaluation, str(back_dir / BACK_FILES["eval_model"]))
+    return {"trainable": trainable, "carried": carried, "brn_layers": brn_layers}
+
+
+def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path,
+           input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR",
+           progress: Optional[callable] = None) -> Manifest:
+    """Write DIR/front.onnx, DIR/back/*, DIR/manifest.json. All or nothing: built in a temporary
+    sibling directory and moved into place only once complete."""
+    try:
+        net.check_latent_layer(latent_layer)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if classes < 2:
+        raise ExportError(f"--classes must be at least 2, got {classes}")
+    if input_order not in ("BGR", "RGB"):
+        raise ExportError(f"input channel order must be BGR or RGB, not {input_order!r}")
+    try:
+        weights.validate(input_size)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    out = Path(out)
+    parent = out.resolve().parent
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {out}: {e.strerror or e}") from None
+    try:
+        step = progress or (lambda msg: None)
+        step("front")
+        _optimize_front(g.build_front(weights, latent_layer, input_size, input_order), tmp / FRONT_FILE)
+        step("back")
+        (tmp / BACK_DIR).mkdir()
+        names = _write_back(weights, latent_layer, classes, input_size, input_order, tmp / BACK_DIR)
+        manifest = _manifest(weights, latent_layer, classes, input_size, input_order, tmp, names)
+        manifest.save(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_size: int,
+              input_order: str, directory: Path, names: Dict[str, List[str]]) -> Manifest:
+    import onnxruntime as ort
+
+    files = {"front": FRONT_FILE}
+    files.update({role: f"{BACK_DIR}/{name}" for role, name in BACK_FILES.items()})
+    cost = net.split_cost(latent_layer, input_size, classes)
+    return Manifest(
+        latent_layer=latent_layer,
+        latent_shape=tuple(net.latent_shape(latent_layer, input_size)),
+        latent_dtype="uint8" if latent_layer == net.DATA else "float32",
+        classes=classes,
+        input={"name": g.FRAMES_INPUT, "layout": "NHWC", "dtype": "uint8", "size": input_size,
+               "channel_order": input_order},
+        preprocessing=weights.preprocessing.to_dict(),
+        weights_source=weights.source,
+        files={role: {"path": rel, "sha256": sha256_file(directory / rel)} for role, rel in files.items()},
+        trainable=names["trainable"],
+        carried=names["carried"],
+        brn_layers=names["brn_layers"],
+        head=g.HEAD_WEIGHT,
+        versions={"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+                  "opset": str(g.OPSET)},
+        cost={"front_macs": cost.front_macs, "back_macs": cost.back_macs,
+              "front_params": cost.front_params, "back_params": cost.back_params},
+    )
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished export into place; an older export there is replaced only at the end."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

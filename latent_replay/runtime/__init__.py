@@ -1,0 +1,1 @@
+"""Device side: sources, front, replay pool, back trainer, learners, state."""

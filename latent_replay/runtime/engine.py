@@ -1,0 +1,132 @@
+"""Open exported artifacts with ONNX Runtime, without PyTorch.
+
+`onnxruntime.training` imports torch when imported as a package; the training classes live in the
+C bindings (`onnxruntime.capi._pybind_state`: CheckpointState, Module), which need no torch. The
+back's parameters are read and written as numpy arrays so that the runtime can apply update rules
+ORT's optimizers cannot express (SGD with momentum and weight decay, SI, CWR* row resets).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as C
+from onnxruntime.capi.onnxruntime_pybind11_state import OrtValueVector
+
+from ..export.manifest import Manifest
+
+ort.set_default_logger_severity(3)
+
+
+def available_device(requested: str = "auto") -> str:
+    """'cuda' when asked for (or 'auto') and the CUDA execution provider is present, else 'cpu'."""
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if requested == "cuda" and not has_cuda:
+        raise RuntimeError("--device cuda: this onnxruntime has no CUDA execution provider "
+                           "(install the CUDA build: pip install .[gpu])")
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return requested
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Session options shared by front and back: full graph optimization, fixed thread count."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def providers_for(device: str) -> List[str]:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+
+
+class Front:
+    """The frozen front as an InferenceSession: uint8 NHWC frames -> latents."""
+
+    def __init__(self, directory: Path, manifest: Optional[Manifest] = None, device: str = "auto",
+                 threads: int = 0) -> None:
+        self.manifest = manifest or Manifest.load(directory)
+        self.device = available_device(device)
+        self.session = ort.InferenceSession(str(self.manifest.path(directory, "front")),
+                                            session_options(threads), providers=providers_for(self.device))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        size = self.manifest.input["size"]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (size, size, 3):
+            raise ValueError(f"the front takes uint8 frames of shape (N, {size}, {size}, 3), got "
+                             f"{frames.dtype} {frames.shape}")
+        return self.session.run([self.output_name], {self.input_name: frames})[0]
+
+
+class Back:
+    """The back's ORT training Module with its checkpoint state, parameters as numpy arrays."""
+
+    def __init__(self, directory: Path, manifest: Optional[Manifest] = None, device: str = "auto",
+                 threads: int = 0) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest or Manifest.load(directory)
+        self.device = available_device(device)
+        self.state = C.load_checkpoint(str(self.manifest.path(directory, "checkpoint")))
+        ort_device = C.OrtDevice(C.OrtDevice.cuda() if self.device == "cuda" else C.OrtDevice.cpu(),
+                                 C.OrtDevice.default_memory(), 0)
+        self._options = session_options(threads)
+        self.module = C.Module(str(self.manifest.path(directory, "training_model")), self.state,
+                               str(self.manifest.path(directory, "eval_model")), ort_device, self._options)
+        self._params = {name: self.state.get_parameter(name) for name in self.state.parameter_names()}
+        self.trainable: List[str] = list(self.manifest.trainable)
+        self.carried: List[str] = list(self.manifest.carried)
+        self.has_brn = bool(self.manifest.brn_layers)
+        self._train_inputs: List[str] = list(self.module.input_names(True))
+
+    # -- parameters -------------------------------------------------------------------------
+    def get(self, name: str) -> np.ndarray:
+        return self._params[name].data.numpy()
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        current = self._params[name].data
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        if tuple(current.shape()) != value.shape:
+            raise ValueError(f"{name}: shape {value.shape} does not match {tuple(current.shape())}")
+        self.state.copy_parameter_from(name, ort.OrtValue.ortvalue_from_numpy(value)._ortvalue)
+
+    def grad(self, name: str) -> np.ndarray:
+        return self._params[name].grad.numpy()
+
+    def parameters(self, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        return {n: self.get(n) for n in (names if names is not None else self.trainable + self.carried)}
+
+    def load_parameters(self, values: Dict[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            self.set(name, value)
+
+    # -- steps --------------------------------------------------------------------------------
+    def train_step(self, latent: np.ndarray, labels: np.ndarray, r_max: float = 1.0,
+                   d_max: float = 0.0) -> Tuple[float, Dict[str, np.ndarray]]:
+        """Forward + backward on one minibatch; gradients are left in the state (not applied).
+
+        Returns the loss and the batch statistics of every BRN layer ({layer: (mean, var)} flattened
+        as '<layer>/batch_mean', '<layer>/batch_var')."""
+        feeds = {"latent": latent, "labels": labels.astype(np.int64),
+                 "brn_r_max": np.array(r_max, np.float32), "brn_d_max": np.array(d_max, np.float32)}
+        inputs = [feeds[name] for name in self._train_inputs]
+        fetches = OrtValueVector()
+        self.module.lazy_reset_grad()
+        self.module.train_step(inputs, fetches)
+        loss = float(fetches[0].numpy())
+        names = self.module.output_names(True)
+        stats = {names[i]: fetches[i].numpy() for i in range(1, len(fetches))}
+        return loss, stats
+
+    def logits(self, latent: np.ndarray) -> np.ndarray:
+        """Inference with the running statistics (the eval model), sharing the training parameters."""
+        fetches = OrtValueVector()
+        self.module.eval_step([latent], fetches)
+        return fetches[0].numpy()
