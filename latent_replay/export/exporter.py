@@ -6,8 +6,8 @@ but the artifact generator (`onnxblock`) does not need it, so it is imported on 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import logging
 import os
 import shutil
 import sys
@@ -57,6 +57,26 @@ def _artifacts_module():
     return artifacts
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """ORT's training-graph passes log every transformer at info level to the C stderr, whatever
+    the Python-side severity; keep that out of the user's terminal (and show it if export fails)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _optimize_front(model: onnx.ModelProto, path: Path) -> None:
     """Save the front after ORT's portable (basic) graph optimizations: constant folding, redundant
     node elimination. Provider-specific fusions are left to the session at load time."""
@@ -93,18 +113,18 @@ def _write_back(weights: MobileNetWeights, latent_layer: str, classes: int, inpu
 
     artifacts = _artifacts_module()
     ort.set_default_logger_severity(3)
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     train = g.build_back(weights, latent_layer, classes, "train", input_size, input_order)
     _, trainable, carried = g.back_parameters(weights, latent_layer, classes, input_size)
     constants = [i.name for i in train.graph.initializer if i.name not in trainable]
     brn_layers = [l.name for l in net.split_layers(latent_layer, input_size)[1]]
     stats = [name for layer in brn_layers for name in g.batch_stat_names(layer)]
-    artifacts.generate_artifacts(
-        train, requires_grad=trainable, frozen_params=constants,
-        loss=artifacts.LossType.CrossEntropyLoss, optimizer=artifacts.OptimType.SGD,
-        artifact_directory=str(back_dir), additional_output_names=stats or None,
-        loss_input_names=[g.LOGITS],
-    )
+    with _native_stderr_silenced():
+        artifacts.generate_artifacts(
+            train, requires_grad=trainable, frozen_params=constants,
+            loss=artifacts.LossType.CrossEntropyLoss, optimizer=artifacts.OptimType.SGD,
+            artifact_directory=str(back_dir), additional_output_names=stats or None,
+            loss_input_names=[g.LOGITS],
+        )
     # ORT derives the eval model by switching BatchNormalization to inference mode, which cannot hold
     # the batch-statistics outputs; the eval model is instead the same back built in eval mode, with
     # the checkpoint's arrays as inputs so that it shares them with the training model.

@@ -75,7 +75,7 @@ class Back:
         self.manifest = manifest or Manifest.load(directory)
         self.device = available_device(device)
         self.state = C.load_checkpoint(str(self.manifest.path(directory, "checkpoint")))
-        ort_device = C.OrtDevice(C.OrtDevice.cuda() if self.device == "cuda" else C.OrtDevice.cpu(),
+        self._ort_device = ort_device = C.OrtDevice(C.OrtDevice.cuda() if self.device == "cuda" else C.OrtDevice.cpu(),
                                  C.OrtDevice.default_memory(), 0)
         self._options = session_options(threads)
         self.module = C.Module(str(self.manifest.path(directory, "training_model")), self.state,
@@ -85,10 +85,12 @@ class Back:
         self.carried: List[str] = list(self.manifest.carried)
         self.has_brn = bool(self.manifest.brn_layers)
         self._train_inputs: List[str] = list(self.module.input_names(True))
+        self._optimizer = None
 
     # -- parameters -------------------------------------------------------------------------
     def get(self, name: str) -> np.ndarray:
-        return self._params[name].data.numpy()
+        """A copy of a parameter (ORT's numpy view would change under the caller's feet)."""
+        return self._params[name].data.numpy().copy()
 
     def set(self, name: str, value: np.ndarray) -> None:
         current = self._params[name].data
@@ -98,6 +100,7 @@ class Back:
         self.state.copy_parameter_from(name, ort.OrtValue.ortvalue_from_numpy(value)._ortvalue)
 
     def grad(self, name: str) -> np.ndarray:
+        """The gradient of the last train_step (a view valid until the next step)."""
         return self._params[name].grad.numpy()
 
     def parameters(self, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
@@ -124,6 +127,17 @@ class Back:
         names = self.module.output_names(True)
         stats = {names[i]: fetches[i].numpy() for i in range(1, len(fetches))}
         return loss, stats
+
+    def sgd_step(self, lr: float) -> None:
+        """Apply the current gradients with the artifacts' own optimizer model (plain SGD in ORT).
+
+        The learners use their own update rule (momentum, weight decay, SI); this is the engine's
+        native step, kept for users who want ORT's optimizer and to check the artifacts end to end."""
+        if self._optimizer is None:
+            self._optimizer = C.Optimizer(str(self.manifest.path(self.directory, "optimizer_model")), self.state,
+                                          self._ort_device, self._options)
+        self._optimizer.set_learning_rate(lr)
+        self._optimizer.optimizer_step()
 
     def logits(self, latent: np.ndarray) -> np.ndarray:
         """Inference with the running statistics (the eval model), sharing the training parameters."""

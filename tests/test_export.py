@@ -1,0 +1,168 @@
+"""Export: numerical parity of the ONNX front/back with an independent PyTorch MobileNetV1, one ORT
+training step against PyTorch, the caffemodel round trip, and the manifest."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latent_replay.export.exporter import export
+from latent_replay.export.manifest import Manifest
+from latent_replay.models import graph as g
+from latent_replay.models.weights import CAFFE_PREPROCESSING, TORCH_PREPROCESSING
+from latent_replay.runtime.engine import Back, Front
+from helpers import make_frames, make_weights
+import torch_oracle
+
+RTOL = 1e-4  # relative tolerance of the parity checks (max abs error / max abs value)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.fixture(scope="module", params=[TORCH_PREPROCESSING, CAFFE_PREPROCESSING], ids=["imagenet", "caffe"])
+def preprocessing(request):
+    return request.param
+
+
+@pytest.mark.parametrize("latent_layer", ["conv5_4/dw", "pool6"])
+def test_front_and_back_match_pytorch(tmp_path, preprocessing, latent_layer):
+    weights = make_weights(1, preprocessing, classes=50)
+    manifest = export(weights, latent_layer, 50, tmp_path / "art")
+    frames = make_frames(6, seed=2)
+    latent = Front(tmp_path / "art")(frames)
+    expected = torch_oracle.front(weights, frames, latent_layer)
+    assert latent.shape == expected.shape == (6,) + tuple(manifest.latent_shape)
+    assert rel_err(latent, expected) < RTOL
+
+    back = Back(tmp_path / "art")
+    arrays, _, _ = g.back_parameters(weights, latent_layer, 50)
+    reference = torch_oracle.TorchBack(arrays, latent_layer)
+    with torch.no_grad():
+        expected_logits = reference(torch.from_numpy(expected), train=False).numpy()
+    logits = back.logits(latent)
+    assert rel_err(logits, expected_logits) < RTOL
+    # the logits discriminate: not all equal (the imported head is non-zero)
+    assert np.ptp(logits) > 1e-3
+
+
+@pytest.mark.parametrize("latent_layer", ["conv5_4/dw", "pool6"])
+def test_one_sgd_step_matches_pytorch(tmp_path, latent_layer):
+    weights = make_weights(3, classes=10)
+    export(weights, latent_layer, 10, tmp_path / "art")
+    frames = make_frames(8, seed=4)
+    latent = Front(tmp_path / "art")(frames)
+    labels = np.array([0, 1, 2, 3, 1, 2, 0, 9], np.int64)
+    back = Back(tmp_path / "art")
+    # make the BRN corrections bite: running statistics away from the batch ones
+    for name in back.carried:
+        back.set(name, back.get(name) * (1.3 if name.endswith("std") else 0.5))
+    arrays = back.parameters()
+    lr, r_max, d_max = 0.05, 1.25, 0.5
+
+    loss, stats = back.train_step(latent, labels, r_max, d_max)
+    back.sgd_step(lr)
+
+    reference = torch_oracle.TorchBack(arrays, latent_layer)
+    logits = reference(torch.from_numpy(latent).double(), train=True, r_max=r_max, d_max=d_max)
+    ref_loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
+    ref_loss.backward()
+    assert abs(loss - ref_loss.item()) < 1e-4 * max(1.0, abs(ref_loss.item()))
+    changed = 0
+    for name in back.trainable:
+        p = reference.p(name)
+        expected = (p - lr * p.grad).detach().numpy()
+        got = back.get(name)
+        scale = max(np.abs(expected).max(), 1e-6)
+        assert np.abs(got - expected).max() / scale < 1e-4, name
+        changed += not np.allclose(got, arrays[name])
+    assert changed == len(back.trainable), "every trainable parameter moves in one step"
+    for layer, (mean, var) in reference.batch_stats.items():
+        np.testing.assert_allclose(stats[f"{layer}/batch_mean"], mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stats[f"{layer}/batch_var"], var, rtol=1e-4, atol=1e-5)
+
+
+def test_brn_corrections_are_constants_in_backprop(tmp_path):
+    """The same step with r and d differentiated (not detached) gives other gradients: the parity
+    above would catch an ORT graph that let gradients flow through r and d."""
+    weights = make_weights(5, classes=10)
+    export(weights, "conv5_4/dw", 10, tmp_path / "art")
+    latent = Front(tmp_path / "art")(make_frames(8, seed=6))
+    back = Back(tmp_path / "art")
+    for name in back.carried:
+        back.set(name, back.get(name) * (1.3 if name.endswith("std") else 0.5))
+    arrays = back.parameters()
+    labels = np.arange(8) % 10
+    back.train_step(latent, labels, 1.25, 0.5)
+    name = "conv6/sep/weight"
+    ort_grad = back.grad(name)
+
+    reference = torch_oracle.TorchBack(arrays, "conv5_4/dw")
+    x = torch.from_numpy(latent).double()
+    # an undetached variant, written inline
+    for layer in reference.layers:
+        n = layer.name
+        y = torch_oracle.conv(layer, x, reference.p(f"{n}/weight"))
+        mu = reference.stats[f"{n}/running_mean"].view(1, -1, 1, 1)
+        sigma = reference.stats[f"{n}/running_std"].view(1, -1, 1, 1)
+        bm = y.mean((0, 2, 3), keepdim=True)
+        bs = torch.sqrt(((y - bm) ** 2).mean((0, 2, 3), keepdim=True) + 1e-5)
+        r = torch.clamp(bs / sigma, 1 / 1.25, 1.25)
+        d = torch.clamp((bm - mu) / sigma, -0.5, 0.5)
+        y = ((y - bm) / bs * r + d) * reference.p(f"{n}/gamma").view(1, -1, 1, 1) + reference.p(f"{n}/beta").view(1, -1, 1, 1)
+        x = torch.relu(y)
+    loss = torch.nn.functional.cross_entropy(x.mean((2, 3)) @ reference.p("mid_fc7/weight").t(), torch.from_numpy(labels))
+    loss.backward()
+    assert rel_err(ort_grad, reference.p(name).grad.numpy()) > 1e-3
+
+
+def test_data_layer_puts_everything_in_the_back(tmp_path):
+    weights = make_weights(7, classes=5)
+    manifest = export(weights, "data", 5, tmp_path / "art")
+    assert manifest.latent_dtype == "uint8" and len(manifest.brn_layers) == 27
+    frames = make_frames(3, seed=8)
+    latent = Front(tmp_path / "art")(frames)
+    assert latent.dtype == np.uint8 and np.array_equal(latent, frames)
+    full = torch_oracle.front(weights, frames, "pool6")
+    arrays, _, _ = g.back_parameters(weights, "pool6", 5)
+    expected = full @ arrays["mid_fc7/weight"].T
+    assert rel_err(Back(tmp_path / "art").logits(latent), expected) < RTOL
+
+
+def test_pool6_leaves_only_the_head(tmp_path):
+    manifest = export(make_weights(0), "pool6", 50, tmp_path / "art")
+    assert manifest.trainable == ["mid_fc7/weight"] and manifest.brn_layers == []
+
+
+def test_manifest_describes_the_artifacts(tmp_path):
+    export(make_weights(0, CAFFE_PREPROCESSING), "conv5_4/dw", 50, tmp_path / "art")
+    manifest = Manifest.load(tmp_path / "art", verify=True)
+    d = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert d["latent_layer"] == "conv5_4/dw" and d["latent_shape"] == [512, 8, 8]
+    assert d["input"]["channel_order"] == "BGR" and d["input"]["dtype"] == "uint8"
+    assert d["preprocessing"]["name"] == "caffe" and d["preprocessing"]["mean"] == [104.0, 117.0, 123.0]
+    assert set(d["files"]) == {"front", "training_model", "eval_model", "optimizer_model", "checkpoint"}
+    assert all(len(f["sha256"]) == 64 for f in d["files"].values())
+    assert d["versions"]["onnxruntime"] == "1.19.2"
+    assert manifest.weights_source.startswith("test-random")
+    # a tampered file fails verification
+    with open(tmp_path / "art" / "front.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="checksum"):
+        Manifest.load(tmp_path / "art", verify=True)
+
+
+def test_artifacts_respect_ort_limits(tmp_path):
+    import onnx
+
+    export(make_weights(0), "conv5_4/dw", 50, tmp_path / "art")
+    for path in list((tmp_path / "art").rglob("*.onnx")):
+        model = onnx.load(str(path))
+        assert model.ir_version <= 10, path
+        assert all(o.version <= 21 for o in model.opset_import if o.domain in ("", "ai.onnx")), path
+    front = onnx.load(str(tmp_path / "art" / "front.onnx"))
+    assert not any(n.op_type == "BatchNormalization" for n in front.graph.node)
+    assert "conv5_4/dw" in {o for n in front.graph.node for o in n.output}

@@ -1,0 +1,85 @@
+"""An independent PyTorch MobileNetV1 (front, back with Batch Renormalization) built from the same
+numpy arrays as the ONNX graphs: the reference the ONNX/ORT outputs are compared against."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latent_replay.models import mobilenet_v1 as net
+from latent_replay.models.weights import MobileNetWeights
+
+
+def preprocess(frames: np.ndarray, weights: MobileNetWeights) -> torch.Tensor:
+    """uint8 NHWC BGR frames -> float NCHW, written independently of the graph builder."""
+    x = torch.from_numpy(frames.astype(np.float32))
+    if weights.preprocessing.channel_order == "RGB":
+        x = x.flip(-1)
+    x = (x - torch.tensor(weights.preprocessing.mean)) / torch.tensor(weights.preprocessing.std)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def conv(layer: net.ConvLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, w, stride=layer.stride, padding=layer.kernel // 2, groups=layer.group)
+
+
+def front(weights: MobileNetWeights, frames: np.ndarray, latent_layer: str) -> np.ndarray:
+    """Reference front: BN in eval mode (running statistics), ReLU, up to the latent layer."""
+    x = preprocess(frames, weights).double()
+    layers, _ = net.split_layers(latent_layer)
+    for layer in layers:
+        p = weights.convs[layer.name]
+        x = conv(layer, x, torch.from_numpy(p.weight).double())
+        x = F.batch_norm(x, torch.from_numpy(p.mean).double(), torch.from_numpy(p.var).double(),
+                         torch.from_numpy(p.gamma).double(), torch.from_numpy(p.beta).double(),
+                         training=False, eps=p.eps)
+        x = F.relu(x)
+    if latent_layer == net.POOL:
+        x = x.mean((2, 3))
+    return x.numpy()
+
+
+class TorchBack(torch.nn.Module):
+    """The trainable back: conv -> BRN (train) / running-stat normalization (eval) -> scale/shift -> ReLU,
+    global average pool, mid_fc7 without bias. r and d are detached, as Batch Renormalization requires."""
+
+    def __init__(self, arrays: Dict[str, np.ndarray], latent_layer: str) -> None:
+        super().__init__()
+        _, self.layers = net.split_layers(latent_layer)
+        self.latent_layer = latent_layer
+        self.params = torch.nn.ParameterDict()
+        self.stats: Dict[str, torch.Tensor] = {}
+        for name, arr in arrays.items():
+            t = torch.tensor(arr, dtype=torch.float64)
+            if name.endswith("running_mean") or name.endswith("running_std"):
+                self.stats[name] = t
+            else:
+                self.params[name.replace("/", "__")] = torch.nn.Parameter(t)
+        self.batch_stats: Dict[str, np.ndarray] = {}
+
+    def p(self, name: str) -> torch.Tensor:
+        return self.params[name.replace("/", "__")]
+
+    def forward(self, x: torch.Tensor, train: bool, r_max: float = 1.0, d_max: float = 0.0) -> torch.Tensor:
+        for layer in self.layers:
+            n = layer.name
+            y = conv(layer, x, self.p(f"{n}/weight"))
+            mu = self.stats[f"{n}/running_mean"].view(1, -1, 1, 1)
+            sigma = self.stats[f"{n}/running_std"].view(1, -1, 1, 1)
+            if train:
+                bm = y.mean((0, 2, 3), keepdim=True)
+                bv = ((y - bm) ** 2).mean((0, 2, 3), keepdim=True)
+                bs = torch.sqrt(bv + 1e-5)
+                r = torch.clamp(bs.detach() / sigma, 1.0 / r_max, r_max)
+                d = torch.clamp((bm.detach() - mu) / sigma, -d_max, d_max)
+                y = (y - bm) / bs * r + d
+                self.batch_stats[n] = (bm.detach().flatten().numpy(), bv.detach().flatten().numpy())
+            else:
+                y = (y - mu) / sigma
+            y = y * self.p(f"{n}/gamma").view(1, -1, 1, 1) + self.p(f"{n}/beta").view(1, -1, 1, 1)
+            x = F.relu(y)
+        if self.latent_layer != net.POOL:
+            x = x.mean((2, 3))
+        return x @ self.p(f"{net.HEAD}/weight").t()
