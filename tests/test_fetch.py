@@ -1,0 +1,167 @@
+"""Weight download: local HTTP server with/without Range, resume, corrupt files, 404, CLI exit codes."""
+from __future__ import annotations
+
+import argparse
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_weights
+from latent_replay.models import fetch
+from latent_replay.models.caffe import encode_caffemodel, weights_to_caffe_layers
+from latent_replay.models.fetch import add_fetch_arguments, fetch_command, fetch_weights
+from latent_replay.models.load import WeightsError, load_weights
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+    support_range = True
+    cut_after = None  # bytes to send before dropping the connection (simulates a broken download)
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        data = self.files.get(self.path)
+        range_header = self.headers.get("Range")
+        type(self).requests.append((self.path, range_header))
+        if data is None:
+            self.send_error(404, "Not Found")
+            return
+        start = 0
+        if range_header and self.support_range:
+            start = int(range_header.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.cut_after is not None:
+            body = body[: self.cut_after]
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def model_bytes():
+    return encode_caffemodel(weights_to_caffe_layers(make_weights(seed=11, classes=50)))
+
+
+@pytest.fixture()
+def server(model_bytes):
+    _Handler.files = {"/MobileNetV1.caffemodel": model_bytes,
+                      "/bad.caffemodel": np.random.default_rng(0).bytes(len(model_bytes) // 100)}
+    _Handler.support_range, _Handler.cut_after, _Handler.requests = True, None, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _fetch(url_base, tmp_path, path="/MobileNetV1.caffemodel", **kw):
+    return fetch_weights("caffe", cache_dir=tmp_path, url=url_base + path, progress=False, **kw)
+
+
+def _leftovers(tmp_path):
+    return sorted(p.name for p in Path(tmp_path).iterdir())
+
+
+def test_fetch_known_name_with_url_override(server, tmp_path, model_bytes):
+    path = _fetch(server, tmp_path)
+    assert path == tmp_path / "MobileNetV1.caffemodel"
+    assert path.read_bytes() == model_bytes
+    assert _leftovers(tmp_path) == ["MobileNetV1.caffemodel"]
+    assert load_weights(str(path)).head_weight.shape == (50, 1024)
+    _Handler.requests.clear()
+    assert _fetch(server, tmp_path) == path and _Handler.requests == []  # cached: no download
+    _fetch(server, tmp_path, force=True)
+    assert len(_Handler.requests) == 1
+
+
+def test_resume_from_truncated_part(server, tmp_path, model_bytes):
+    half = len(model_bytes) // 2
+    (tmp_path / "MobileNetV1.caffemodel.part").write_bytes(model_bytes[:half])
+    path = _fetch(server, tmp_path)
+    assert _Handler.requests == [("/MobileNetV1.caffemodel", f"bytes={half}-")]
+    assert path.read_bytes() == model_bytes
+    assert _leftovers(tmp_path) == ["MobileNetV1.caffemodel"]
+
+
+def test_server_without_range_restarts_cleanly(server, tmp_path, model_bytes):
+    _Handler.support_range = False
+    (tmp_path / "MobileNetV1.caffemodel.part").write_bytes(b"garbage that must not be kept" * 100)
+    path = _fetch(server, tmp_path)
+    assert _Handler.requests[0][1] is not None  # we asked for a range, the server sent everything
+    assert path.read_bytes() == model_bytes
+
+
+def test_broken_download_leaves_part_and_then_resumes(server, tmp_path, model_bytes):
+    _Handler.cut_after = 100_000
+    with pytest.raises(WeightsError, match="resume"):
+        _fetch(server, tmp_path)
+    assert _leftovers(tmp_path) == ["MobileNetV1.caffemodel.part"]  # no final file
+    assert (tmp_path / "MobileNetV1.caffemodel.part").stat().st_size == 100_000
+    _Handler.cut_after = None
+    path = _fetch(server, tmp_path)
+    assert _Handler.requests[-1][1] == "bytes=100000-"
+    assert path.read_bytes() == model_bytes
+
+
+def test_corrupt_download_is_deleted(server, tmp_path):
+    with pytest.raises(WeightsError, match="not usable weights") as info:
+        _fetch(server, tmp_path, path="/bad.caffemodel")
+    assert "bad.caffemodel" in str(info.value)
+    assert _leftovers(tmp_path) == []
+
+
+def test_404_is_an_error_and_leaves_nothing(server, tmp_path):
+    with pytest.raises(WeightsError, match="404"):
+        _fetch(server, tmp_path, path="/nope.caffemodel")
+    assert _leftovers(tmp_path) == []
+
+
+def test_plain_url_and_unknown_name(server, tmp_path, model_bytes):
+    path = fetch_weights(server + "/MobileNetV1.caffemodel", cache_dir=tmp_path / "c", progress=False)
+    assert path.name == "MobileNetV1.caffemodel" and path.read_bytes() == model_bytes
+    with pytest.raises(WeightsError, match="unknown weights"):
+        fetch_weights("resnet", cache_dir=tmp_path, progress=False)
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LATENT_REPLAY_CACHE", str(tmp_path / "env"))
+    assert fetch.default_cache_dir() == tmp_path / "env"
+    assert fetch.cached_path("timm").name.endswith(".safetensors")
+    monkeypatch.delenv("LATENT_REPLAY_CACHE")
+    assert fetch.default_cache_dir() == Path.home() / ".cache" / "latent-replay"
+
+
+def test_known_name_resolves_through_cache(monkeypatch, server, tmp_path):
+    monkeypatch.setenv("LATENT_REPLAY_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="fetch weights caffe"):
+        load_weights("caffe")
+    _fetch(server, tmp_path)
+    assert load_weights("caffe").source == "caffe:MobileNetV1.caffemodel"
+
+
+def test_fetch_command_exit_codes(server, tmp_path, capsys):
+    parser = add_fetch_arguments(argparse.ArgumentParser())
+    ok = parser.parse_args(["caffe", "--url", server + "/MobileNetV1.caffemodel", "--cache-dir", str(tmp_path),
+                            "--quiet"])
+    assert fetch_command(ok) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "MobileNetV1.caffemodel")
+    bad = parser.parse_args(["--url", server + "/missing.caffemodel", "--cache-dir", str(tmp_path / "x"), "--force"])
+    assert bad.name == "caffe"
+    assert fetch_command(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "404" in err
