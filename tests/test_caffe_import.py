@@ -199,3 +199,26 @@ def test_load_weights_dispatch_and_preprocessing_override(tmp_path, weights):
     other.write_bytes(b"x")
     with pytest.raises(WeightsError, match="format"):
         load_weights(str(other))
+
+
+@pytest.mark.parametrize("norm", ["BatchNorm", "BatchReNorm"])
+def test_caffemodel_gives_the_same_onnx_outputs_as_its_arrays(tmp_path, norm):
+    """Arrays -> .caffemodel -> import -> ONNX: the network computes what the arrays compute."""
+    import onnxruntime as ort
+
+    from latent_replay.models.graph import build_full
+    from helpers import make_frames
+
+    original = make_weights(seed=11, preprocessing=CAFFE_PREPROCESSING, classes=50)
+    path = tmp_path / "MobileNetV1.caffemodel"
+    write_caffemodel(path, weights_to_caffe_layers(original, norm=norm, count=999.0))
+    imported = load_caffemodel(path)
+    frames = make_frames(4, seed=12)
+
+    def run(weights):
+        session = ort.InferenceSession(build_full(weights, 50).SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"frames": frames})[0]
+
+    expected, got = run(original), run(imported)
+    assert np.ptp(expected) > 1e-3
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-5
