@@ -26,18 +26,10 @@ def _user_errors() -> tuple:
     from .export.manifest import ManifestError
     from .models.load import WeightsError
 
-    errors = [CliError, ExportError, ManifestError, WeightsError, FileNotFoundError]
-    try:
-        from .runtime.sources.base import SourceError
-        errors.append(SourceError)
-    except ImportError:
-        pass
-    try:
-        from .runtime.config import ConfigError  # type: ignore[attr-defined]
-        errors.append(ConfigError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    from .runtime.runner import RunError
+    from .runtime.sources.base import SourceError
+
+    return (CliError, ExportError, ManifestError, WeightsError, SourceError, RunError, FileNotFoundError)
 
 
 # -- layers --------------------------------------------------------------------------------------
@@ -213,7 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continual learning on the edge: Latent Replay with CWR*, AR1* and AR1*-free on an "
                     "ImageNet-pretrained MobileNetV1, trained on the device with ONNX Runtime.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for adder in [_add_layers, _add_export, _add_predict, _add_fetch]:
+    from .bench.run import add_bench_command
+    from .runtime.export_model import add_export_model_command
+    from .runtime.runner import add_run_command
+    from .runtime.stream import add_stream_command
+
+    for adder in [_add_layers, _add_export, _add_predict, _add_fetch, add_run_command, add_export_model_command,
+                  add_stream_command, add_bench_command]:
         adder(sub)
     return parser
 

@@ -364,7 +364,8 @@ class Learner:
     def _run_epochs(self, latents: np.ndarray, labels: np.ndarray, plan: MinibatchPlan, n_mem: int,
                     active: List[str], epochs: int) -> List[float]:
         n = len(latents)
-        base = np.concatenate([np.arange(plan.padded, dtype=np.int64), np.arange(n, dtype=np.int64)])
+        # padding repeats patterns from the start (cycling when the batch is smaller than the padding)
+        base = np.concatenate([np.arange(plan.padded, dtype=np.int64) % n, np.arange(n, dtype=np.int64)])
         order = self._rng.permutation(base)
         mem_order = self._memory_order(n_mem)
         size = plan.new_per_mb + plan.replay_per_mb

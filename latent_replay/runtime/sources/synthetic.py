@@ -90,11 +90,14 @@ class SyntheticScenario(Scenario):
 
     def __init__(self, n_batches: Optional[int] = None, classes: int = 10, seed: int = 0, input_size: int = 128,
                  first_classes: int = 5, train_sessions: int = 3, test_sessions: int = 1,
-                 frames_per_batch: int = 60, test_frames: int = 30, noise: float = 4.0) -> None:
+                 frames_per_batch: int = 60, test_frames: int = 30, noise: float = 4.0,
+                 difficulty: float = 1.0) -> None:
         if classes < 2 or not 1 <= first_classes <= classes:
             raise SourceError(f"need classes >= 2 and 1 <= first_classes <= classes, got {classes}, {first_classes}")
         if train_sessions < 1 or test_sessions < 1 or frames_per_batch < 1 or test_frames < 1:
             raise SourceError("sessions and frame counts must be >= 1")
+        if not 0.0 <= difficulty <= 1.0:
+            raise SourceError(f"difficulty must be in [0, 1], got {difficulty}")
         if input_size < 16:
             raise SourceError(f"input_size {input_size} is too small (at least 16)")
         pairs = [(c, s) for s in range(train_sessions) for c in range(classes)
@@ -106,6 +109,10 @@ class SyntheticScenario(Scenario):
         self.seed, self.input_size, self.num_classes = seed, int(input_size), classes
         self.first_classes, self.train_sessions, self.test_sessions = first_classes, train_sessions, test_sessions
         self.frames_per_batch, self.test_frames, self.noise = frames_per_batch, test_frames, noise
+        # 1: full CORe50-like nuisance (pose, lighting, background, hand); smaller values shrink every
+        # nuisance towards a centred object on a mid-grey background, so that weak (random) features
+        # still separate the objects across sessions.
+        self.difficulty = float(difficulty)
         self.name = f"synthetic-{classes}c-{n_batches}b-seed{seed}"
         order = np.random.default_rng([seed, 3]).permutation(len(pairs))
         # Every training pair is used when n_batches allows; otherwise a prefix of the seeded order.
@@ -160,23 +167,26 @@ class SyntheticScenario(Scenario):
     def frame(self, c: int, s: int, k: int) -> np.ndarray:
         """Frame k of object c in session s: uint8 (S, S, 3) BGR."""
         rng = np.random.default_rng([self.seed, 2, c, s, k])
-        obj, ses, n = self._objects[c], self._sessions[s], self.input_size
-        angle = ses["spin"] * k + rng.uniform(-10, 10)
-        scale = ses["scale"] * n / _PATCH * rng.uniform(0.85, 1.15)
-        squash = np.cos(rng.uniform(-1.0, 1.0))  # out-of-plane rotation
-        centre = ses["centre"] + rng.normal(0, 0.05 * n, 2)
+        obj, ses, n, d = self._objects[c], self._sessions[s], self.input_size, self.difficulty
+        angle = (ses["spin"] * k + rng.uniform(-10, 10)) * d
+        base_scale = 0.7 + (ses["scale"] - 0.7) * d
+        scale = base_scale * n / _PATCH * (1 + (rng.uniform(0.85, 1.15) - 1) * d)
+        squash = np.cos(rng.uniform(-1.0, 1.0) * d)  # out-of-plane rotation
+        centre = n / 2 + (ses["centre"] - n / 2 + rng.normal(0, 0.05 * n, 2)) * d
         m = cv2.getRotationMatrix2D((_PATCH / 2, _PATCH / 2), angle, scale)
         m[0, :2] *= squash
         m[:, 2] = centre - m[:, :2] @ np.array([_PATCH / 2, _PATCH / 2])
         patch = cv2.warpAffine(obj["patch"], m, (n, n), flags=cv2.INTER_LINEAR)
         alpha = cv2.warpAffine(obj["mask"], m, (n, n), flags=cv2.INTER_LINEAR).astype(np.float32) / 255
-        img = cv2.blendLinear(patch, ses["bg"], alpha, 1 - alpha)
-        if ses["hand"]:  # a skin-coloured hand holding the object from below
+        bg = ses["bg"] if d == 1 else (ses["bg"].astype(np.float32) * d + 128 * (1 - d)).astype(np.uint8)
+        img = cv2.blendLinear(patch, bg, alpha, 1 - alpha)
+        if ses["hand"] and rng.random() < d:  # a skin-coloured hand holding the object from below
             hx, hy = int(centre[0] + rng.normal(0, 0.05 * n)), int(centre[1] + 0.22 * n)
             cv2.ellipse(img, (hx, hy), (int(0.16 * n), int(0.1 * n)), rng.uniform(-30, 30), 0, 360,
                         _hsv_to_bgr(10, 110, 200), -1, cv2.LINE_AA)
-        gain = ses["gain"] * rng.uniform(0.9, 1.1)
-        out = img.astype(np.float32) * (np.float32(gain) * ses["tint"])  # white balance
+        gain = 1 + (ses["gain"] * rng.uniform(0.9, 1.1) - 1) * d
+        tint = 1 + (ses["tint"] - 1) * np.float32(d)
+        out = img.astype(np.float32) * (np.float32(gain) * tint)  # white balance
         tile = self._noise[int(rng.integers(len(self._noise)))]  # sensor noise from a seeded bank
         out += tile[:: int(rng.choice([-1, 1]))]
         return np.clip(out, 0, 255).astype(np.uint8)

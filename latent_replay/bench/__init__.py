@@ -1,0 +1,1 @@
+"""Latency and memory benchmark of the runtime, side by side with eager PyTorch (`latent-replay bench`)."""

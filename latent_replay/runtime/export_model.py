@@ -1,0 +1,90 @@
+"""`latent-replay export-model`: the learned model as one plain inference ONNX.
+
+Front + eval-mode back with the learner's current parameters (consolidated CWR* head, carried BRN
+statistics) baked in as initializers. The result needs no training build: any recent onnxruntime
+(CPU, CUDA, TensorRT) runs it, e.g. on a board that only has onnxruntime-gpu.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import onnx
+from onnx import compose, helper, numpy_helper
+
+from ..export.manifest import Manifest
+
+BACK_PREFIX = "back/"
+
+
+def _checkpoint_arrays(artifacts: Path, manifest: Manifest) -> Dict[str, np.ndarray]:
+    """Every array in the exported checkpoint (constants included), as numpy."""
+    from onnxruntime.capi import _pybind_state as C
+
+    state = C.load_checkpoint(str(manifest.path(artifacts, "checkpoint")))
+    return {name: state.get_parameter(name).data.numpy().copy() for name in state.parameter_names()}
+
+
+def inference_model(artifacts: Path, parameters: Dict[str, np.ndarray]) -> onnx.ModelProto:
+    """frames (uint8 NHWC) -> logits and probabilities, with `parameters` overriding the checkpoint's."""
+    artifacts = Path(artifacts)
+    manifest = Manifest.load(artifacts, verify=True)
+    arrays = _checkpoint_arrays(artifacts, manifest)
+    unknown = sorted(set(parameters) - set(arrays))
+    if unknown:
+        raise ValueError(f"parameters {', '.join(unknown[:3])} are not in these artifacts")
+    arrays.update(parameters)
+    back = onnx.load(str(manifest.path(artifacts, "eval_model")))
+    inputs = [i for i in back.graph.input if i.name not in arrays]
+    used = {name for node in back.graph.node for name in node.input}
+    back.graph.initializer.extend(numpy_helper.from_array(np.asarray(arrays[i.name]), i.name)
+                                  for i in back.graph.input if i.name in arrays and i.name in used)
+    del back.graph.input[:]
+    back.graph.input.extend(inputs)
+    front = onnx.load(str(manifest.path(artifacts, "front")))
+    front_out = front.graph.output[0].name
+    merged = compose.merge_models(front, back, io_map=[(front_out, inputs[0].name)], prefix2=BACK_PREFIX,
+                                  producer_name="latent-replay export-model")
+    logits = BACK_PREFIX + back.graph.output[0].name
+    merged.graph.node.extend([helper.make_node("Identity", [logits], ["logits"], name="logits"),
+                              helper.make_node("Softmax", [logits], ["probabilities"], name="probabilities", axis=1)])
+    classes = manifest.classes
+    del merged.graph.output[:]
+    merged.graph.output.extend([helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", classes]),
+                                helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes])])
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def add_export_model_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-model", help="write the learned model as one inference ONNX (front + back)",
+                       description="Bake a learner state (from `latent-replay run --out DIR` -> DIR/runN/state, or "
+                                   "`latent-replay stream --state DIR`) into one ONNX model: uint8 NHWC frames in, "
+                                   "`logits` and `probabilities` out. Runs on any onnxruntime >= 1.14.")
+    p.add_argument("--artifacts", required=True, help="the artifacts the learner trained (e.g. runs/latest/artifacts)")
+    p.add_argument("--state", required=True, help="learner state directory (e.g. runs/latest/run0/state)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.set_defaults(handler=export_model_command)
+
+
+def export_model_command(args: argparse.Namespace) -> int:
+    from .learners import load_state
+    from .results import write_bytes_atomic
+    from .runner import RunError
+
+    try:
+        state = load_state(Path(args.state))
+    except FileNotFoundError as e:
+        raise RunError(str(e)) from None
+    params = {k[len("param/"):]: v for k, v in state["arrays"].items() if k.startswith("param/")}
+    manifest = Manifest.load(Path(args.artifacts))
+    if state["meta"].get("latent_layer") != manifest.latent_layer:
+        raise RunError(f"the state was trained at {state['meta'].get('latent_layer')!r} but the artifacts are "
+                         f"cut at {manifest.latent_layer!r}; pass the artifacts the learner used")
+    model = inference_model(Path(args.artifacts), params)
+    write_bytes_atomic(Path(args.out), model.SerializeToString())
+    print(f"wrote {args.out}: frames uint8 (N, {manifest.input['size']}, {manifest.input['size']}, 3) "
+          f"{manifest.input['channel_order']} -> logits, probabilities ({manifest.classes} classes)")
+    return 0

@@ -1,0 +1,173 @@
+"""Background training for the live stream: a worker thread that owns its own learner.
+
+Why a worker: an incremental batch takes from milliseconds (pool6 + CWR*) to seconds (AR1*-free at
+conv5_4/dw); the camera loop must keep predicting meanwhile. Why its own learner: ONNX Runtime
+objects are not shared between threads here. The worker trains a `Learner` on its own `Back` (a
+second training Module opened on the same artifacts); the live loop predicts with another `Back`
+it alone touches. When a batch is done the worker publishes a copy of the parameter arrays under a
+lock; the live loop takes them between two frames and loads them into its Module (`take_updates`),
+so a prediction always sees either the old or the new weights, never a mix.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .engine import Back
+from .learners import plan_minibatches
+
+
+class CountingBack(Back):
+    """A `Back` that counts training steps, so the demo can show training progress."""
+
+    steps = 0
+
+    def train_step(self, *args: Any, **kwargs: Any):
+        self.steps += 1
+        return super().train_step(*args, **kwargs)
+
+
+@dataclass
+class TrainJob:
+    """One incremental batch: the collected frames' latents (computed once, by the live loop)."""
+
+    label: int
+    name: str
+    latents: np.ndarray
+    first_frame: int
+    last_frame: int
+    submitted_frame: int
+
+
+@dataclass
+class Update:
+    """What a finished batch publishes: new parameters and a record for the log."""
+
+    params: Dict[str, np.ndarray]
+    record: Dict[str, Any] = field(default_factory=dict)
+    job: Optional[TrainJob] = None
+
+
+class Teacher:
+    """Runs `TrainJob`s one after another on a worker thread; see the module docstring.
+
+    `learner` is used only by the worker once the teacher is started (until `close`).
+    `frame_now` tells the worker which frame the live loop is at (for the log); `after_batch` runs
+    on the worker after each published batch (the stream saves the learner state there).
+    """
+
+    def __init__(self, learner: Any, frame_now: Callable[[], int],
+                 after_batch: Optional[Callable[[Any, TrainJob], None]] = None) -> None:
+        self.learner = learner
+        self._frame_now = frame_now
+        self._after_batch = after_batch
+        self._jobs: "queue.Queue[Optional[TrainJob]]" = queue.Queue()
+        self._lock = threading.Lock()
+        self._outstanding = 0  # submitted and not yet taken by the live loop
+        self._updates: List[Update] = []
+        self._current: Optional[Tuple[str, int]] = None  # (name, total steps) of the running job
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="teacher", daemon=True)
+        self._thread.start()
+
+    # -- live-loop side -------------------------------------------------------------------------
+    def submit(self, job: TrainJob) -> None:
+        with self._lock:
+            self._outstanding += 1
+        self._jobs.put(job)
+
+    @property
+    def busy(self) -> bool:
+        """True from `submit` until the live loop has taken the new weights."""
+        with self._lock:
+            return self._outstanding > 0
+
+    @property
+    def queued(self) -> int:
+        return self._jobs.qsize()
+
+    def progress(self) -> Optional[Tuple[str, float]]:
+        """(class name, fraction of steps done) of the running batch, or None."""
+        with self._lock:
+            current = self._current
+        if current is None:
+            return None
+        steps = getattr(self.learner.back, "steps", 0)
+        return current[0], min(1.0, steps / max(1, current[1]))
+
+    def take_updates(self) -> List[Update]:
+        """Finished batches since the last call (oldest first); re-raises a worker failure."""
+        with self._lock:
+            updates, self._updates = self._updates, []
+            self._outstanding -= len(updates)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return updates
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker; with `wait`, queued jobs are trained first."""
+        if not wait:
+            self._drain()
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                with self._lock:
+                    self._outstanding -= 1
+
+    # -- worker side ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._train(job)
+            except BaseException as e:  # handed to the live loop by take_updates
+                with self._lock:
+                    self._outstanding -= 1
+                    self._current = None
+                self.error = e
+
+    def _total_steps(self, n_new: int, batch_index: int) -> int:
+        c = self.learner.config
+        pool = self.learner.pool
+        plan = plan_minibatches(n_new, len(pool) if pool is not None else 0, c.minibatch, c.pad_without_replay)
+        return plan.iterations * c.epochs_for(batch_index)
+
+    def _train(self, job: TrainJob) -> None:
+        learner = self.learner
+        batch_index = learner.batches_trained
+        back = learner.back
+        if hasattr(back, "steps"):
+            back.steps = 0
+        with self._lock:
+            self._current = (job.name, self._total_steps(len(job.latents), batch_index))
+        start_frame, t0 = self._frame_now(), time.perf_counter()
+        stats = learner.train_batch(job.latents, np.full(len(job.latents), job.label, np.int64), batch_index)
+        params = {n: v.copy() for n, v in learner.params.items()}
+        record = {"label": job.name, "class": job.label, "frames": len(job.latents),
+                  "first_frame": job.first_frame, "last_frame": job.last_frame,
+                  "submitted_frame": job.submitted_frame, "start_frame": start_frame,
+                  "batch": batch_index, "duration_s": time.perf_counter() - t0,
+                  "loss": stats["loss"], "iterations": stats["iterations"]}
+        with self._lock:
+            self._updates.append(Update(params, record, job))
+            self._current = None
+        if self._after_batch is not None:
+            try:
+                self._after_batch(learner, job)
+            except BaseException as e:  # the batch is published; only the follow-up failed
+                self.error = e
