@@ -145,6 +145,7 @@ def test_core50_run_on_a_fake_tree_and_bad_images(tmp_path, capsys):
     (["CWR", "--latent-layer", "conv5_4/dw"], "pool6"),
     (["--latent-layer", "conv9/dw"], "valid latent layers"),
     (["XYZ"], "unknown method"),
+    (["naive", "no", "AR1F"], "cannot tell"),
     (["AR1F", "100"], "79, 196 or 391"),
     (["--runs", "0-12"], "runs 0..9"),
 ])

@@ -117,7 +117,34 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_command)
 
 
+def _sort_positionals(args: argparse.Namespace) -> None:
+    """Assign the positionals by what they look like, so that `run naive no` or `run AR1F /data/core50`
+    work as well as the seed's full `METHOD SCENARIO REPLAY PATH` form."""
+    given = [v for v in (args.method_pos, args.scenario_pos, args.replay_pos, args.core50_pos) if v is not None]
+    slots = {"method_pos": None, "scenario_pos": None, "replay_pos": None, "core50_pos": None}
+    for value in given:
+        low = value.lower()
+        if low in METHOD_NAMES:
+            key = "method_pos"
+        elif value.isdigit():
+            key = "scenario_pos"
+        elif low in ("no", "pure", "latent"):
+            key = "replay_pos"
+        elif slots["method_pos"] is None and "/" not in value and "." not in value:
+            key = "method_pos"  # an unknown method name: reported as such below
+        else:
+            key = "core50_pos"
+        if slots[key] is not None:
+            raise RunError(f"cannot tell what {value!r} is; use METHOD SCENARIO REPLAY CORE50, "
+                           f"e.g. `latent-replay run AR1F 391 latent /data/core50`")
+        slots[key] = value
+    for key, value in slots.items():
+        setattr(args, key, value)
+
+
 def _resolve_spec(args: argparse.Namespace) -> RunSpec:
+    _sort_positionals(args)
+
     def pick(pos, opt, name):
         if pos is not None and opt is not None and str(pos) != str(opt):
             raise RunError(f"{name} given twice ({pos!r} and --{name} {opt!r})")
