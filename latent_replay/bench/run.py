@@ -74,7 +74,7 @@ def worker_ours_front(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     rss0 = core.rss_mb()
     frames = _frames(max(spec["batches"] + [1]))
-    front = Front(Path(spec["artifacts"]), device="cpu", threads=spec["threads"])
+    front = Front(Path(spec["artifacts"]), device="cpu", threads=spec["threads"], spin=spec["spin"])
     out: Dict[str, Any] = {"rss_after_imports_mb": rss0}
     out["cpu"] = _front_figures(lambda x: front(x), frames, spec)
     out["cpu"]["providers"] = front.session.get_providers()
@@ -115,7 +115,7 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
         else:
             providers = [provider, "CPUExecutionProvider"]
         t0 = time.perf_counter()
-        session = ort.InferenceSession(path, session_options(spec["threads"]), providers=providers)
+        session = ort.InferenceSession(path, session_options(spec["threads"], spec["spin"]), providers=providers)
         name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
         one = np.ascontiguousarray(frames[:1])
         session.run([name_out], {name_in: one})
@@ -147,8 +147,8 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     manifest = Manifest.load(directory)
     layer, storage, memory = spec["layer"], spec["storage"], spec["memory"]
     device = spec["device"]
-    front = Front(directory, manifest, device=device, threads=spec["threads"])
-    back = Back(directory, manifest, device=device, threads=spec["threads"])
+    front = Front(directory, manifest, device=device, threads=spec["threads"], spin=spec["spin"])
+    back = Back(directory, manifest, device=device, threads=spec["threads"], spin=spec["spin"])
     config = LearnerConfig.preset("pytorch", method=method_for(layer), replay_memory=memory, storage=storage,
                                   epochs=spec["epochs"], seed=SEED)
     shape = tuple(manifest.latent_shape)
@@ -353,6 +353,7 @@ def benchmark(args: argparse.Namespace, log=print) -> Dict[str, Any]:
     t_start = time.perf_counter()
     results: Dict[str, Any] = {
         "machine": core.machine_info(), "threads": threads, "device": device, "quick": bool(args.quick),
+        "ort_spinning": bool(args.spin),
         "params": params, "layers": layers, "storages": storages,
         "back_train_mac_factor": BACK_TRAIN_FACTOR,
         "torch": {"available": has_torch, "info": torch_info},
@@ -373,7 +374,7 @@ def benchmark(args: argparse.Namespace, log=print) -> Dict[str, Any]:
             out = tmp_path / ("art-" + layer.replace("/", "_"))
             export(weights, layer, CLASSES, out)
             artifacts[layer] = str(out)
-        base = {"threads": threads, "device": device, **params}
+        base = {"threads": threads, "device": device, "spin": bool(args.spin), **params}
         log(f"benchmark: {len(layers)} layer(s) x {len(storages)} storage(s), {threads} thread(s), "
             f"{'quick' if args.quick else 'full'} mode")
         log("  gemm ...")
@@ -623,6 +624,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the back trains and the pool lives (default cpu); the front is also measured "
                         "on CUDA/TensorRT whenever those providers are present")
     p.add_argument("--out", default="bench_results", help="output folder (default bench_results)")
+    p.add_argument("--no-spin", dest="spin", action="store_false",
+                   help="ORT threads sleep instead of busy-waiting between operators (faster on a busy CPU)")
 
 
 def add_bench_command(sub: argparse._SubParsersAction) -> None:

@@ -31,14 +31,21 @@ def available_device(requested: str = "auto") -> str:
     return requested
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Session options shared by front and back: full graph optimization, fixed thread count."""
+def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
+    """Session options shared by front and back: full graph optimization, fixed thread count.
+
+    `spin=False` stops ORT's worker threads from busy-waiting between operators: on a CPU shared with
+    other work (the decoding threads, a camera loop, other processes) spinning threads steal the
+    cores the next operator needs."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
@@ -50,11 +57,11 @@ class Front:
     """The frozen front as an InferenceSession: uint8 NHWC frames -> latents."""
 
     def __init__(self, directory: Path, manifest: Optional[Manifest] = None, device: str = "auto",
-                 threads: int = 0) -> None:
+                 threads: int = 0, spin: bool = True) -> None:
         self.manifest = manifest or Manifest.load(directory)
         self.device = available_device(device)
         self.session = ort.InferenceSession(str(self.manifest.path(directory, "front")),
-                                            session_options(threads), providers=providers_for(self.device))
+                                            session_options(threads, spin), providers=providers_for(self.device))
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -70,14 +77,14 @@ class Back:
     """The back's ORT training Module with its checkpoint state, parameters as numpy arrays."""
 
     def __init__(self, directory: Path, manifest: Optional[Manifest] = None, device: str = "auto",
-                 threads: int = 0) -> None:
+                 threads: int = 0, spin: bool = True) -> None:
         self.directory = Path(directory)
         self.manifest = manifest or Manifest.load(directory)
         self.device = available_device(device)
         self.state = C.load_checkpoint(str(self.manifest.path(directory, "checkpoint")))
         self._ort_device = ort_device = C.OrtDevice(C.OrtDevice.cuda() if self.device == "cuda" else C.OrtDevice.cpu(),
                                  C.OrtDevice.default_memory(), 0)
-        self._options = session_options(threads)
+        self._options = session_options(threads, spin)
         self.module = C.Module(str(self.manifest.path(directory, "training_model")), self.state,
                                str(self.manifest.path(directory, "eval_model")), ort_device, self._options)
         self._params = {name: self.state.get_parameter(name) for name in self.state.parameter_names()}

@@ -642,7 +642,8 @@ def build_learner(args: argparse.Namespace, artifacts: Path, manifest: Any, save
         config.check_compatible(manifest.latent_layer)
     except ValueError as e:
         raise StreamError(str(e)) from None
-    back = CountingBack(artifacts, manifest, args.device, args.train_threads)
+    # Training runs beside the live loop: threads that busy-wait would steal its cores (spin=False).
+    back = CountingBack(artifacts, manifest, args.device, args.train_threads, spin=False)
     pool = make_pool("cpu", config.replay_memory, tuple(manifest.latent_shape), config.storage, config.seed,
                      np.uint8 if manifest.latent_dtype == "uint8" else np.float32) if config.uses_memory else None
     learner = Learner(back, config, pool)
@@ -725,9 +726,10 @@ def stream_command(args: argparse.Namespace) -> int:
         artifacts, manifest = resolve_artifacts(args, method, saved)
         learner = build_learner(args, artifacts, manifest, saved)
         book = _book_from(saved, int(manifest.classes), schedule)
-        live = Back(artifacts, manifest, args.device, args.threads)
+        live = Back(artifacts, manifest, args.device, args.threads, spin=False)
         live.load_parameters(learner.params)
-        predictor = LivePredictor(Front(artifacts, manifest, args.device, args.threads), live, book, args.smooth)
+        predictor = LivePredictor(Front(artifacts, manifest, args.device, args.threads, spin=False), live, book,
+                                  args.smooth)
         predictor.version = learner.batches_trained
         _check_display(args)
         log = EventLog(args.log)
