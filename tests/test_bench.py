@@ -13,8 +13,11 @@ from latent_replay.bench import torch_baseline as tb
 
 
 def _args(tmp_path, layers: str, storage: str = "fp32,uint8") -> argparse.Namespace:
-    return argparse.Namespace(quick=True, json=str(tmp_path / "bench.json"), layers=layers, storage=storage,
-                              threads=0, device="cpu", out=str(tmp_path))
+    """The command's own parser, so every option keeps its default."""
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    return parser.parse_args(["--quick", "--json", str(tmp_path / "bench.json"), "--layers", layers,
+                              "--storage", storage, "--out", str(tmp_path)])
 
 
 def _pos(x) -> bool:
