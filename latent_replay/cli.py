@@ -146,6 +146,8 @@ def _read_images(paths: List[str], size: int):
 
     frames = []
     for path in paths:
+        if not Path(path).is_file():
+            raise CliError(f"image {path} does not exist")
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
             raise CliError(f"cannot read image {path}")

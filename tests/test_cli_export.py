@@ -80,3 +80,20 @@ def test_failed_export_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
     assert main(["export", "--latent-layer", "conv5_4/dw", "--out", str(out)]) == 2
     assert (out / "manifest.json").read_text() == before
     assert leftovers(tmp_path) == ["art"]
+
+
+def test_predict_reads_images_and_names_bad_ones(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    out = tmp_path / "art"
+    assert main(["export", "--latent-layer", "pool6", "--classes", "4", "--out", str(out)]) == 0
+    good = tmp_path / "wide.png"
+    cv2.imwrite(str(good), np.full((90, 160, 3), 200, np.uint8))  # not square: center-cropped, resized
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    capsys.readouterr()
+    assert main(["predict", "--artifacts", str(out), str(good)]) == 0
+    assert "wide.png: class" in capsys.readouterr().out
+    for name, message in [("bad.png", "cannot read image"), ("missing.png", "does not exist")]:
+        assert main(["predict", "--artifacts", str(out), str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err
