@@ -166,3 +166,17 @@ def test_artifacts_respect_ort_limits(tmp_path):
     front = onnx.load(str(tmp_path / "art" / "front.onnx"))
     assert not any(n.op_type == "BatchNormalization" for n in front.graph.node)
     assert "conv5_4/dw" in {o for n in front.graph.node for o in n.output}
+
+
+def test_train_step_takes_an_ortvalue_as_it_takes_numpy(tmp_path):
+    """The device hand-off path (OrtValue input) computes exactly what the numpy path computes."""
+    import onnxruntime as ort
+
+    export(make_weights(0, classes=5), "conv6/dw", 5, tmp_path / "art")
+    x = np.abs(np.random.default_rng(0).standard_normal((6, 1024, 4, 4))).astype(np.float32)
+    y = np.arange(6) % 5
+    a, b = Back(tmp_path / "art"), Back(tmp_path / "art")
+    loss_a, stats_a = a.train_step(x, y, 1.25, 0.5)
+    loss_b, stats_b = b.train_step(ort.OrtValue.ortvalue_from_numpy(x), y, 1.25, 0.5)
+    assert loss_a == loss_b and stats_a.keys() == stats_b.keys()
+    np.testing.assert_array_equal(a.grad("conv6/sep/weight"), b.grad("conv6/sep/weight"))

@@ -65,3 +65,51 @@ def test_ortvalue_wrap():
     value, labels = pool.as_ortvalue([3, 1])
     assert value.shape() == [2, 4] and value.device_name().lower() == "cuda"
     np.testing.assert_array_equal(value.numpy(), x[labels])
+
+
+def test_minibatch_built_on_the_device_matches_the_host_one():
+    """New rows copied up + replayed rows gathered on the device = the host-assembled minibatch."""
+    shape = (8, 4, 4)
+    dev = make_pool("cuda", 40, shape, storage="uint8", seed=1)
+    host = ReplayPool(40, shape, storage="uint8", seed=1)
+    for i, (x, y) in enumerate(batches(shape, n_batches=3)):
+        dev.insert_batch(x, y, i)
+        host.insert_batch(x, y, i)
+    new = np.abs(np.random.default_rng(9).standard_normal((5,) + shape)).astype(np.float32)
+    slots = np.arange(12)
+    value, labels = dev.minibatch_ortvalue(new, slots)
+    hx, hy = host.gather(slots)
+    assert value.device_name().lower() == "cuda" and value.shape() == [17] + list(shape)
+    np.testing.assert_array_equal(labels, hy)
+    np.testing.assert_allclose(value.numpy(), np.concatenate([new, hx]), rtol=1e-6, atol=1e-6)
+
+
+def test_learner_on_cuda_matches_the_cpu_learner(tmp_path):
+    """AR1*-free with the CUDA pool and the CUDA back (minibatches never visit the host) trains the
+    same weights as the host pool on the CPU, within float tolerance."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("the CUDA build of onnxruntime-training is not installed")
+    from helpers import make_weights
+    from latent_replay.export.exporter import export
+    from latent_replay.runtime.config import LearnerConfig
+    from latent_replay.runtime.engine import Back
+    from latent_replay.runtime.learners import Learner
+
+    export(make_weights(2, classes=5), "conv6/dw", 5, tmp_path / "art")
+    config = LearnerConfig.preset("pytorch", replay_memory=30, minibatch=16, epochs=1, epochs_first=1)
+    rng = np.random.default_rng(0)
+    stream = [(np.abs(rng.standard_normal((20, 1024, 4, 4))).astype(np.float32), rng.integers(0, 5, 20))
+              for _ in range(3)]
+    learners = []
+    for device in ("cpu", "cuda"):
+        back = Back(tmp_path / "art", device=device)
+        pool = make_pool(device, 30, (1024, 4, 4), seed=0)
+        learner = Learner(back, config, pool)
+        assert learner._on_device == (device == "cuda")
+        for i, (x, y) in enumerate(stream):
+            learner.train_batch(x, y, i)
+        learners.append(learner)
+    for name in learners[0].params:
+        np.testing.assert_allclose(learners[1].params[name], learners[0].params[name], rtol=1e-3, atol=1e-4)

@@ -8,7 +8,7 @@ ORT's optimizers cannot express (SGD with momentum and weight decay, SI, CWR* ro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -118,10 +118,12 @@ class Back:
             self.set(name, value)
 
     # -- steps --------------------------------------------------------------------------------
-    def train_step(self, latent: np.ndarray, labels: np.ndarray, r_max: float = 1.0,
+    def train_step(self, latent: Union[np.ndarray, ort.OrtValue], labels: np.ndarray, r_max: float = 1.0,
                    d_max: float = 0.0) -> Tuple[float, Dict[str, np.ndarray]]:
         """Forward + backward on one minibatch; gradients are left in the state (not applied).
 
+        `latent` may be an OrtValue already on the device (e.g. a minibatch gathered by the CUDA
+        replay pool), which is fed without a copy through the host.
         Returns the loss and the batch statistics of every BRN layer ({layer: (mean, var)} flattened
         as '<layer>/batch_mean', '<layer>/batch_var')."""
         feeds = {"latent": latent, "labels": labels.astype(np.int64),
@@ -129,7 +131,14 @@ class Back:
         inputs = [feeds[name] for name in self._train_inputs]
         fetches = OrtValueVector()
         self.module.lazy_reset_grad()
-        self.module.train_step(inputs, fetches)
+        if isinstance(latent, ort.OrtValue):
+            values = OrtValueVector()
+            for value in inputs:
+                value = value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value)
+                values.push_back(value._ortvalue)
+            self.module.train_step_with_ort_values(values, fetches)
+        else:
+            self.module.train_step(inputs, fetches)
         loss = float(fetches[0].numpy())
         names = self.module.output_names(True)
         stats = {names[i]: fetches[i].numpy() for i in range(1, len(fetches))}

@@ -278,6 +278,7 @@ class Learner:
         self.si = SynapticIntelligence(si_names, self.params, self.config) if self.config.uses_si else None
         self.brn = BrnSchedule(self.config)
         self.pool = pool if pool is not None else self._make_pool()
+        self._on_device = hasattr(self.pool, "minibatch_ortvalue") and getattr(back, "device", "cpu") == "cuda"
         self._rng = np.random.default_rng([self.config.seed, 1])
         self._seen: Tuple[List[np.ndarray], List[np.ndarray]] = ([], [])  # cumulative: every pattern
         self.batches_trained = 0
@@ -382,13 +383,17 @@ class Learner:
                 k = len(idx)
                 np.take(latents, idx, axis=0, out=x[:k])
                 y[:k] = labels[idx]
+                batch: Any = None
                 if plan.replay_per_mb:
                     slots = mem_order[(it * plan.replay_per_mb + np.arange(plan.replay_per_mb)) % n_mem]
-                    mx, my = self.pool.gather(slots)
-                    x[k:k + len(slots)] = mx
+                    if self._on_device:  # CUDA pool + CUDA back: the minibatch never visits the host
+                        batch, my = self.pool.minibatch_ortvalue(x[:k], slots)
+                    else:
+                        mx, my = self.pool.gather(slots)
+                        x[k:k + len(slots)] = mx
                     y[k:k + len(slots)] = my
                     k += len(slots)
-                losses.append(self._step(x[:k], y[:k], active))
+                losses.append(self._step(x[:k] if batch is None else batch, y[:k], active))
         return losses
 
     def _memory_order(self, n_mem: int) -> np.ndarray:
@@ -397,8 +402,9 @@ class Learner:
             return np.arange(n_mem, dtype=np.int64)
         return self._rng.permutation(n_mem)
 
-    def _step(self, x: np.ndarray, y: np.ndarray, active: List[str]) -> float:
-        """One minibatch: forward/backward in ORT, update rule and BRN statistics in numpy."""
+    def _step(self, x: Any, y: np.ndarray, active: List[str]) -> float:
+        """One minibatch (numpy, or an OrtValue already on the device): forward/backward in ORT, update
+        rule and BRN statistics in numpy."""
         r_max, d_max = self.brn.current()
         loss, stats = self.back.train_step(x, y, r_max, d_max)
         grads = {n: self.back.grad(n) for n in active}

@@ -147,22 +147,48 @@ class CudaReplayPool(ReplayPoolBase):
         """
         idx = self._check_indices(indices)
         n = len(idx)
-        shape = (n,) + self._shape
         with self._active():
             self._reserve(n)
-            if n:
-                self._cuda.memcpy_htod(self._idx_dev, np.ascontiguousarray(idx))
-                total = n * self.pattern_values
-                grid = (int(min(65535, (total + 255) // 256)), 1)
-                args = [self._patterns, self._idx_dev]
-                if self._quantized:
-                    args.append(self._scale_dev)
-                args += [self._out, np.int64(n), np.int64(self.pattern_values)]
-                if self._quantized:
-                    args.append(np.int64(self.pattern_values // self.channels))
-                self._kernel(*args, block=(256, 1, 1), grid=grid)
-                self._cuda.Context.synchronize()
-        return int(self._out), shape, self._labels[idx].copy()
+            self._launch_gather(idx, int(self._out))
+        return int(self._out), (n,) + self._shape, self._labels[idx].copy()
+
+    def _launch_gather(self, idx: np.ndarray, out_ptr: int) -> None:
+        """Gather (and dequantize) the patterns at slots `idx` into device memory at `out_ptr`
+        (inside the active context; the index buffer must hold len(idx) entries)."""
+        n = len(idx)
+        if not n:
+            return
+        self._cuda.memcpy_htod(self._idx_dev, np.ascontiguousarray(idx))
+        total = n * self.pattern_values
+        grid = (int(min(65535, (total + 255) // 256)), 1)
+        args = [self._patterns, self._idx_dev]
+        if self._quantized:
+            args.append(self._scale_dev)
+        args += [np.uintp(out_ptr), np.int64(n), np.int64(self.pattern_values)]
+        if self._quantized:
+            args.append(np.int64(self.pattern_values // self.channels))
+        self._kernel(*args, block=(256, 1, 1), grid=grid)
+        self._cuda.Context.synchronize()
+
+    def minibatch_ortvalue(self, new: np.ndarray, indices: Any):
+        """A whole training minibatch on the device, handed to ORT without a trip through the host:
+        the `new` rows are copied up, the replayed patterns are gathered right after them on the
+        device. Returns (OrtValue on 'cuda' of shape (len(new) + len(indices), ...), replay labels).
+        The buffer is reused by the next call."""
+        import onnxruntime as ort
+
+        idx = self._check_indices(indices)
+        new = np.ascontiguousarray(new, dtype=self._input_dtype)
+        k, n = len(new), len(idx)
+        row = self.pattern_values * self._input_dtype.itemsize
+        with self._active():
+            self._reserve(k + n)
+            if k:
+                self._cuda.memcpy_htod(int(self._out), new)
+            self._launch_gather(idx, int(self._out) + k * row)
+        value = ort.OrtValue.ortvalue_from_data_ptr([k + n] + list(self._shape), self._input_dtype.type, "cuda",
+                                                    self.device_id, int(self._out))
+        return value, self._labels[idx].copy()
 
     def as_ortvalue(self, indices: Any):
         """Gather on the device and wrap the buffer as an ORT OrtValue on 'cuda'; returns (value, labels)."""
