@@ -219,3 +219,12 @@ def test_camera_that_stops_is_retried_then_stops_with_state_saved(tmp_path, monk
     assert "stopped delivering frames; retrying for 1.2 s" in err and "stopping" in err
     assert len(opened) >= 2  # retried
     assert (state / "learner" / "state.json").is_file()  # saved on the way out
+
+
+def test_without_a_display_it_asks_for_headless_before_exporting(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    state = tmp_path / "state"
+    assert main(["stream", "--source", "synthetic", "--state", str(state), "--weights", "random"]) == 2
+    assert "--headless" in capsys.readouterr().err
+    assert not state.exists()

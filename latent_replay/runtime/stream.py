@@ -721,6 +721,7 @@ def stream_command(args: argparse.Namespace) -> int:
     schedule = load_schedule(args.schedule) if args.schedule else None
     saved = _saved_state(args)
     method = args.method or (saved["meta"]["config"]["method"] if saved else "cwr")
+    _check_display(args)  # no window support fails before any export
     source = open_source(args.source, _input_size(args), args.seed)  # a bad camera fails before any export
     try:
         artifacts, manifest = resolve_artifacts(args, method, saved)
@@ -731,7 +732,6 @@ def stream_command(args: argparse.Namespace) -> int:
         predictor = LivePredictor(Front(artifacts, manifest, args.device, args.threads, spin=False), live, book,
                                   args.smooth)
         predictor.version = learner.batches_trained
-        _check_display(args)
         log = EventLog(args.log)
         print(f"stream: {args.source} -> {manifest.latent_layer} ({learner.config.method}), "
               f"{len(book.known)} known classes, state {args.state}", file=sys.stderr)
