@@ -100,14 +100,25 @@ def test_held_out_frames_are_recognised_after_teaching(taught):
     assert summary["accuracy"] >= 0.7
 
 
+SCHEDULER_SLACK_S = 0.002
+
+
 def test_inference_keeps_running_while_training(taught):
     """Every frame index has a prediction; between a batch's hand-over to the worker and the swap of
-    its weights, frames kept being predicted with the previous weights; and the idle time between
-    two predictions (end of one inference to the start of the next) while a training was running
-    never exceeded the slowest single inference of the run."""
+    its weights, frames kept being predicted with the previous weights; and while a training was
+    running, the idle time between two predictions (end of one inference to the start of the next)
+    never exceeded the loop's own idle time without training (reading and drawing a frame) plus the
+    slowest single inference of the run: training may delay the loop by at most one inference (plus
+    SCHEDULER_SLACK_S for the OS on a shared 2-core machine; a blocking training -- tens of ms per
+    batch here -- is far beyond that)."""
     frames, trainings, _ = read_log(taught["log"])
     assert [f["frame"] for f in frames] == list(range(taught["frames"]))
     slowest = max(f["latency_ms"] for f in frames) / 1e3
+
+    def idle(prev, nxt):
+        return nxt["t"] - (prev["t"] + prev["latency_ms"] / 1e3)
+    quiet = [idle(a, b) for a, b in zip(frames, frames[1:]) if not a["training"] and not b["training"]]
+    allowed = max(quiet) + slowest + SCHEDULER_SLACK_S
     for t in trainings:
         submitted, swapped = t["submitted_frame"], t["end_frame"]
         during = frames[submitted + 1:swapped]
@@ -115,8 +126,7 @@ def test_inference_keeps_running_while_training(taught):
         assert all(f["training"] and f["weights"] == t["batch"] for f in during)
         assert frames[swapped]["weights"] == t["batch"] + 1
         for prev, nxt in zip(frames[submitted:swapped], during):
-            idle = nxt["t"] - (prev["t"] + prev["latency_ms"] / 1e3)
-            assert idle <= slowest, (prev, nxt, slowest)
+            assert idle(prev, nxt) <= allowed, (prev, nxt, max(quiet), slowest)
         assert t["frames"] == TEACH and t["duration_s"] > 0
 
 

@@ -23,12 +23,15 @@ from .learners import plan_minibatches
 
 
 class CountingBack(Back):
-    """A `Back` that counts training steps, so the demo can show training progress."""
+    """A `Back` that counts training steps (the demo shows training progress) and hands the
+    interpreter lock to the live loop before each one: ORT's train step holds the lock while it
+    runs, so without the hand-over a frame waiting to be predicted can sit behind several steps."""
 
     steps = 0
 
     def train_step(self, *args: Any, **kwargs: Any):
         self.steps += 1
+        time.sleep(0)  # yield the GIL: a waiting live-loop thread runs first
         return super().train_step(*args, **kwargs)
 
 
