@@ -92,6 +92,7 @@ class Back:
         self.carried: List[str] = list(self.manifest.carried)
         self.has_brn = bool(self.manifest.brn_layers)
         self._train_inputs: List[str] = list(self.module.input_names(True))
+        self._train_outputs: List[str] = list(self.module.output_names(True))
         self._optimizer = None
 
     # -- parameters -------------------------------------------------------------------------
@@ -140,8 +141,7 @@ class Back:
         else:
             self.module.train_step(inputs, fetches)
         loss = float(fetches[0].numpy())
-        names = self.module.output_names(True)
-        stats = {names[i]: fetches[i].numpy() for i in range(1, len(fetches))}
+        stats = {self._train_outputs[i]: fetches[i].numpy() for i in range(1, len(fetches))}
         return loss, stats
 
     def sgd_step(self, lr: float) -> None:
