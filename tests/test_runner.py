@@ -51,7 +51,7 @@ def test_interrupted_run_resumes_to_the_same_curve(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ["run", "CWR", "--replay-memory", "20", "--seed", "3"] + SMALL
     assert main(args + ["--out", str(straight)]) == 0
-    assert main(args + ["--out", str(resumed), "--max-batches", "2"]) == 0
+    assert main(args + ["--out", str(resumed), "--max-batches", "2", "--save-every", "3"]) == 0
     partial = results(resumed)
     assert not partial["complete"] and len(partial["runs"][0]["batches"]) == 2
     assert main(args + ["--out", str(resumed)]) == 0  # same command: continues from batch 2

@@ -2,7 +2,7 @@
 numpy arrays as the ONNX graphs: the reference the ONNX/ORT outputs are compared against."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict
 
 import numpy as np
 import torch

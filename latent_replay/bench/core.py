@@ -10,11 +10,12 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
+
+from ..runtime.memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,54 +100,6 @@ def mac_fraction(macs: float, seconds: float, gemm_macs_per_s: float) -> Dict[st
 # ---------------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB): VmHWM, or getrusage's ru_maxrss."""
-    status = _proc_status()
-    if "VmHWM" in status:
-        return status["VmHWM"] / 1024.0
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process (MiB), 0 where it cannot be read."""
-    status = _proc_status()
-    if "VmRSS" in status:
-        return status["VmRSS"] / 1024.0
-    try:
-        import psutil  # type: ignore
-
-        return psutil.Process().memory_info().rss / 2 ** 20
-    except Exception:
-        return 0.0
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (Linux >= 4.0: write 5 to /proc/self/clear_refs); True if it worked."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _proc_status() -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if len(parts) == 2 and parts[1] == "kB":
-                    out[key] = int(parts[0])
-    except OSError:
-        pass
-    return out
-
-
 def ort_arena_info(session_options: Any = None) -> Dict[str, Any]:
     """What ONNX Runtime says about its memory arena. The Python API exposes the arena settings,
     not its statistics (OrtAllocator::GetStats is C API only): report the settings and say so."""

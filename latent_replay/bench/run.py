@@ -488,7 +488,6 @@ def targets(results: Dict[str, Any], derived: Dict[str, Any]) -> List[Dict[str, 
 
     db = derived["batch"].get(layer, {}).get("fp32", {})
     fb = derived["front"].get(layer, {})
-    batch = results["batch"].get(layer, {})
     if "batch_time_ratio" in db:
         speedup = 1 / db["batch_time_ratio"]
         add("AR1*-free incremental batch at conv5_4/dw: speed-up over PyTorch", speedup, ">= 2x", speedup >= 2)

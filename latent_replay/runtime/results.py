@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -35,12 +33,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def summarize(runs: List[dict]) -> dict:

@@ -28,11 +28,7 @@ PAPER_REFERENCE = {("ar1free", 391, "latent"): 0.77}  # PyTorch port, conv5_4/dw
 SYNTHETIC_MEMORY = 300
 SYNTHETIC_SIZE = 64
 SYNTHETIC_DIFFICULTY = 0.1
-# The presets' learning rates (1e-3, then 5e-5) are tuned for CORe50 with ImageNet weights; the small
-# synthetic stream with random weights learns nothing at those rates in 26 batches. At 200x the later
-# learning rate the BRN running statistics must follow the moving weights 200x faster too (at 5e-5 the
-# eval-mode statistics go stale: AR1*-free ended at 47% instead of 97% on the default stream).
-SYNTHETIC_SETTINGS = {"lr_first": 0.01, "lr_later": 0.01, "brn_momentum_later": 0.01}
+SYNTHETIC_SETTINGS = LearnerConfig.small_stream_settings(0.01)  # see that method for why
 
 
 class RunError(ValueError):
@@ -114,6 +110,9 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-difficulty", type=float, default=SYNTHETIC_DIFFICULTY,
                    help=f"nuisance of the synthetic stream, 0..1 (default {SYNTHETIC_DIFFICULTY}: learnable with random "
                         f"weights; 1 = CORe50-like pose, lighting and background changes)")
+    p.add_argument("--save-every", type=int, default=1,
+                   help="save the learner state every N batches (default 1; the state holds the replay memory, "
+                        "~200 MB at conv5_4/dw with M=1500, and cumulative's every latent)")
     p.add_argument("--max-batches", type=int, default=None,
                    help="stop after this many batches in this invocation (re-run to continue)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -181,6 +180,8 @@ def _resolve_spec(args: argparse.Namespace) -> RunSpec:
         memory = 1500 if core50 else SYNTHETIC_MEMORY
     if memory <= 0:
         raise RunError(f"--replay-memory must be > 0, got {memory}")
+    if args.save_every < 1:
+        raise RunError(f"--save-every must be at least 1, got {args.save_every}")
     return RunSpec(method, scenario, replay, Path(core50) if core50 else None, latent_layer, memory,
                    parse_runs(args.runs))
 
@@ -305,7 +306,7 @@ def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progre
     from .engine import Back, Front
     from .learners import Learner, load_state, save_state
     from .pool import make_pool
-    from .results import peak_rss_mb
+    from .memory import peak_rss_mb
 
     scenario = make_scenario(spec, args, run)
     classes = args.classes or scenario.num_classes
@@ -359,9 +360,10 @@ def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progre
             "pool_bytes": int(pool.nbytes) if pool is not None else 0, "peak_rss_mb": peak_rss_mb(),
             "bad_images": int(getattr(scenario, "bad_images", 0)),
         })
-        state = learner.state_dict()
-        state["meta"]["records"] = records
-        save_state(state, state_dir)
+        if (i + 1) % args.save_every == 0 or i + 1 == stop:
+            state = learner.state_dict()
+            state["meta"]["records"] = records
+            save_state(state, state_dir)
         if bar is not None:
             bar.set_postfix(acc=f"{100 * accuracy:.1f}%", train=f"{stats['time']:.1f}s")
             bar.update(1)

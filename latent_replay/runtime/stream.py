@@ -617,8 +617,9 @@ def make_config(args: argparse.Namespace, method: str):
     lr = args.lr if args.lr is not None else DEFAULT_LR[method]
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[method]
     try:
-        return LearnerConfig.preset("pytorch", method=method, lr_first=lr, lr_later=lr, epochs_first=epochs,
-                                    epochs=epochs, replay_memory=args.replay_memory, seed=args.seed)
+        return LearnerConfig.preset("pytorch", method=method, epochs_first=epochs, epochs=epochs,
+                                    replay_memory=args.replay_memory, seed=args.seed,
+                                    **LearnerConfig.small_stream_settings(lr))
     except ValueError as e:
         raise StreamError(str(e)) from None
 
