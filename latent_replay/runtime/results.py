@@ -5,6 +5,7 @@ and the plot without pulling in the experiment loop.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -84,10 +85,10 @@ def plot_accuracy(path: Path, runs: List[dict], title: str, reference: Optional[
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(Path(path), png.getvalue())
 
 
 def table(runs: List[dict]) -> str:
