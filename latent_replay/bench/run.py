@@ -639,7 +639,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from ..runtime.results import write_json_atomic
+    from ..atomic import write_json_atomic
 
     results = benchmark(args, log=lambda msg: print(msg, file=sys.stderr))
     print(table(results))

@@ -70,8 +70,8 @@ def add_export_model_command(sub: argparse._SubParsersAction) -> None:
 
 
 def export_model_command(args: argparse.Namespace) -> int:
-    from .learners import load_state
-    from .results import write_bytes_atomic
+    from .state import load_state
+    from ..atomic import write_bytes_atomic
     from .runner import RunError
 
     try:

@@ -17,8 +17,6 @@ arrays back into the ORT state, and moves the BRN running mean/std by their expo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,8 @@ import numpy as np
 
 from .config import LearnerConfig
 from .optim import SGD
+from .state import STATE_META, load_state, save_state, state_dir
 
-STATE_ARRAYS = "state.npz"
-STATE_META = "state.json"
 STATE_FORMAT = 1
 BRN_EPS = 1e-5  # as the exported graph (models/graph.py BRN_EPS)
 
@@ -548,81 +545,5 @@ class Learner:
 
     @staticmethod
     def saved_config(directory: Union[str, Path]) -> LearnerConfig:
-        meta = json.loads((_state_dir(Path(directory)) / STATE_META).read_text(encoding="utf-8"))
+        meta = json.loads((state_dir(Path(directory)) / STATE_META).read_text(encoding="utf-8"))
         return LearnerConfig.from_dict(meta["config"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic state directories
-# ---------------------------------------------------------------------------------------------
-def _siblings(directory: Path) -> Tuple[Path, Path]:
-    """(temporary directory being written, previous state kept during the swap)."""
-    return (directory.with_name(f".{directory.name}.saving"), directory.with_name(f".{directory.name}.previous"))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, write) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def save_state(state: Mapping[str, Any], directory: Path) -> None:
-    """Write into a sibling temporary directory, fsync, then swap it in with os.replace. The
-    metadata file is written last, so a directory without it is incomplete."""
-    directory = Path(directory)
-    tmp, previous = _siblings(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _write_synced(tmp / STATE_ARRAYS, lambda f: np.savez(f, **state["arrays"]))
-        meta = json.dumps(state["meta"], sort_keys=True).encode("utf-8")
-        _write_synced(tmp / STATE_META, lambda f: f.write(meta))
-        _fsync_dir(tmp)
-        if _complete(directory):
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(directory, previous)
-        elif directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-        _fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def _complete(directory: Path) -> bool:
-    return (directory / STATE_META).is_file() and (directory / STATE_ARRAYS).is_file()
-
-
-def _state_dir(directory: Path) -> Path:
-    """`directory` if it holds a complete state, else the previous state left by an interrupted swap."""
-    if _complete(directory):
-        return directory
-    previous = _siblings(directory)[1]
-    if _complete(previous):
-        return previous
-    raise FileNotFoundError(f"no learner state in {directory} (save one with Learner.save)")
-
-
-def load_state(directory: Path) -> Dict[str, Any]:
-    path = _state_dir(Path(directory))
-    meta = json.loads((path / STATE_META).read_text(encoding="utf-8"))
-    with np.load(path / STATE_ARRAYS, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return {"arrays": arrays, "meta": meta}

@@ -304,7 +304,8 @@ def _versions() -> Dict[str, str]:
 def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progress: bool) -> dict:
     """One NICv2 run (or synthetic seed): returns {'run', 'batches': [...], 'complete'}."""
     from .engine import Back, Front
-    from .learners import Learner, load_state, save_state
+    from .learners import Learner
+    from .state import load_state, save_state
     from .pool import make_pool
     from .memory import peak_rss_mb
 
@@ -375,7 +376,8 @@ def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progre
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .results import load_results, plot_accuracy, summarize, table, write_json_atomic
+    from ..atomic import write_json_atomic
+    from .results import load_results, plot_accuracy, summarize, table
 
     spec = _resolve_spec(args)
     out = Path(args.out)

@@ -568,7 +568,7 @@ def _learner_dir(args: argparse.Namespace) -> Path:
 
 
 def _saved_state(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    from .learners import load_state
+    from .state import load_state
 
     try:
         return load_state(_learner_dir(args))
@@ -657,7 +657,7 @@ def build_learner(args: argparse.Namespace, artifacts: Path, manifest: Any, save
 
 
 def save_learner(args: argparse.Namespace, learner: Any, book_meta: Dict[str, Any]) -> None:
-    from .learners import save_state
+    from .state import save_state
 
     state = learner.state_dict()
     state["meta"][STREAM_META] = book_meta
