@@ -13,9 +13,9 @@ import torch
 
 from latent_replay.export.exporter import export
 from latent_replay.models import mobilenet_v1 as net
-from latent_replay.runtime.config import LearnerConfig
+from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
-from latent_replay.runtime.learners import Learner
+from latent_replay.runtime.learn import Learner
 from helpers import make_weights
 import torch_oracle
 

@@ -32,7 +32,7 @@ def test_export_then_predict(tmp_path, capsys):
     assert main(["export", "--weights", "random", "--latent-layer", "pool6", "--classes", "7", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "RANDOM weights" in err
-    assert (out / "front.onnx").is_file() and (out / "back" / "checkpoint").exists()
+    assert (out / "front.onnx").is_file() and (out / "back" / "step.onnx").is_file()
     assert main(["predict", "--artifacts", str(out)]) == 0
     assert "class" in capsys.readouterr().out
     assert leftovers(tmp_path) == ["art"]
@@ -76,7 +76,7 @@ def test_failed_export_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
 
     def boom(*a, **k):
         raise exporter.ExportError("simulated failure while writing the back")
-    monkeypatch.setattr(exporter, "_write_back", boom)
+    monkeypatch.setattr(exporter, "_write_step", boom)
     assert main(["export", "--latent-layer", "conv5_4/dw", "--out", str(out)]) == 2
     assert (out / "manifest.json").read_text() == before
     assert leftovers(tmp_path) == ["art"]

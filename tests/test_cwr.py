@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from latent_replay.export.exporter import export
-from latent_replay.runtime.config import LearnerConfig
+from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
-from latent_replay.runtime.learners import Cwr, Learner
+from latent_replay.runtime.learn import Learner, LearnerHooks
+from latent_replay.runtime.learn.cwr import Cwr
 from helpers import make_weights
 
 CLASSES, FEATURES = 6, 1024
@@ -87,22 +88,23 @@ def test_learner_resets_and_consolidates(tmp_path, unseen):
     export(make_weights(1), "pool6", CLASSES, tmp_path / "art")
     cfg = LearnerConfig.preset("pytorch", method="cwr", replay_memory=8, minibatch=4, epochs=2, epochs_first=2,
                                lr_later=0.01, cwr_unseen_rows=unseen)
-    learner = Learner(Back(tmp_path / "art", device="cpu", threads=1), cfg)
-    ref = ReferenceCwr()
     first_head, trained = [], []
-    step = learner.back.train_step
 
-    def recording_step(x, y, r, d):
-        if len(first_head) == len(trained):
-            first_head.append(learner.back.get(learner.head))
-        return step(x, y, r, d)
-    learner.back.train_step = recording_step
-    end = learner._end_batch
+    class Recorder(LearnerHooks):
+        """The head at the first step of each batch, and after its last step (before consolidation)."""
 
-    def recording_end():
-        trained.append(learner.params[learner.head].copy())
-        end()
-    learner._end_batch = recording_end
+        def before_step(self, lrn):
+            if len(first_head) == len(trained):
+                first_head.append(lrn.back.get(lrn.head))
+
+        def after_step(self, lrn, loss):
+            self.last = lrn.back.get(lrn.head)
+
+        def end_batch(self, lrn, batch_index, stats):
+            trained.append(self.last)
+
+    learner = Learner(Back(tmp_path / "art", device="cpu", threads=1), cfg, hooks=[Recorder()])
+    ref = ReferenceCwr()
 
     rng = np.random.default_rng(0)
     for b, (new, _) in enumerate(SEQUENCE):

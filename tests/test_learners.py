@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from latent_replay.export.exporter import export
-from latent_replay.runtime.config import LearnerConfig
+from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
-from latent_replay.runtime.learners import Learner
+from latent_replay.runtime.learn import Learner
 from helpers import make_weights
 
 CLASSES = 5

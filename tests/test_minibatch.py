@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from latent_replay.runtime.config import LearnerConfig
-from latent_replay.runtime.learners import Learner, MinibatchPlan, plan_minibatches
+from latent_replay.runtime.learn import LearnerConfig
+from latent_replay.runtime.learn import Learner
+from latent_replay.runtime.learn.replay import MinibatchPlan, plan_minibatches
 from latent_replay.runtime.pool import ReplayPool
 
 HEAD = "mid_fc7/weight"
@@ -17,14 +18,20 @@ SHAPE = (4,)
 
 
 class RecordingBack:
-    """The `Back` interface over a tiny head; remembers the (latents, labels) of every train step."""
+    """The engine interface over a tiny head that does not train; remembers the (latents, labels)
+    of every step."""
+
+    device = "cpu"
 
     def __init__(self) -> None:
         self.manifest = SimpleNamespace(latent_layer="pool6", classes=CLASSES, latent_shape=SHAPE,
-                                        latent_dtype="float32", head=HEAD, brn_layers=[])
-        self.trainable, self.carried = [HEAD], []
+                                        latent_dtype="float32", head=HEAD, brn_layers=[], si_params=[])
+        self.trainable, self.carried, self.si_params = [HEAD], [], []
         self.arrays = {HEAD: np.zeros((CLASSES, SHAPE[0]), np.float32)}
         self.steps = []
+
+    def shape(self, name):
+        return self.arrays[name].shape
 
     def get(self, name):
         return self.arrays[name].copy()
@@ -32,12 +39,18 @@ class RecordingBack:
     def set(self, name, value):
         self.arrays[name] = np.array(value, np.float32)
 
-    def grad(self, name):
-        return np.zeros_like(self.arrays[name])
+    def parameters(self, names=None):
+        return {n: self.get(n) for n in (names or self.trainable)}
 
-    def train_step(self, latent, labels, r_max=1.0, d_max=0.0):
+    def configure(self, *args, **kwargs):
+        pass
+
+    def zero_momentum(self):
+        pass
+
+    def step(self, latent, labels, r_max=1.0, d_max=0.0):
         self.steps.append((latent.copy(), labels.copy()))
-        return 0.0, {}
+        return 0.0
 
     def logits(self, latent):
         return latent @ self.arrays[HEAD].T

@@ -19,9 +19,9 @@ def test_export_load_train_predict_without_torch(tmp_path):
         frames = np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
         latent = front(frames)
         before = back.get("mid_fc7/weight")
-        loss, stats = back.train_step(latent, np.array([0, 1, 2, 3]), 1.25, 0.5)
-        back.sgd_step(0.1)
-        assert np.isfinite(loss) and stats
+        back.configure(back.trainable, {{n: 0.1 for n in back.trainable}}, 0.9, 5e-4, 0.01)
+        loss = back.step(latent, np.array([0, 1, 2, 3]), 1.25, 0.5)
+        assert np.isfinite(loss) and back.batch_stats()
         assert not np.allclose(before, back.get("mid_fc7/weight"))
         assert back.logits(latent).shape == (4, 10)
         print("OK")

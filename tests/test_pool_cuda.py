@@ -93,9 +93,9 @@ def test_learner_on_cuda_matches_the_cpu_learner(tmp_path):
         pytest.skip("the CUDA build of onnxruntime-training is not installed")
     from helpers import make_weights
     from latent_replay.export.exporter import export
-    from latent_replay.runtime.config import LearnerConfig
+    from latent_replay.runtime.learn import LearnerConfig
     from latent_replay.runtime.engine import Back
-    from latent_replay.runtime.learners import Learner
+    from latent_replay.runtime.learn import Learner
 
     export(make_weights(2, classes=5), "conv6/dw", 5, tmp_path / "art")
     config = LearnerConfig.preset("pytorch", replay_memory=30, minibatch=16, epochs=1, epochs_first=1)

@@ -32,7 +32,9 @@ def test_synthetic_run_writes_results_plot_and_table(tmp_path, capsys):
     assert batches[-1]["pool_patterns"] == 20
     assert batches[-1]["pool_bytes"] >= 20 * 1024 * 4
     assert r["summary"]["final_accuracy_mean"] == batches[-1]["accuracy"]
-    assert r["versions"]["onnxruntime"] == "1.19.2"
+    import onnxruntime
+
+    assert r["versions"]["onnxruntime"] == onnxruntime.__version__
     png = cv2.imread(str(out / "accuracy.png"))
     assert png is not None and png.shape[0] > 100
     assert "final accuracy over 1 run(s)" in printed
@@ -80,9 +82,9 @@ def test_export_model_runs_in_a_plain_inference_session(tmp_path):
     assert main(["export-model", "--artifacts", str(out / "artifacts"), "--state", str(out / "run0" / "state"),
                  "--out", str(model)]) == 0
 
-    from latent_replay.runtime.config import LearnerConfig
+    from latent_replay.runtime.learn import LearnerConfig
     from latent_replay.runtime.engine import Back, Front
-    from latent_replay.runtime.learners import Learner
+    from latent_replay.runtime.learn import Learner
     from latent_replay.runtime.sources import SyntheticScenario
 
     frames = SyntheticScenario(seed=0, input_size=64).test_set().frames[:16]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from latent_replay.export.exporter import export
-from latent_replay.runtime.config import LearnerConfig
+from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
-from latent_replay.runtime.learners import Learner, SynapticIntelligence
+from latent_replay.runtime.learn import Learner
+from latent_replay.runtime.learn.si import SynapticIntelligence
 from helpers import make_weights
 
 W = "conv/weight"

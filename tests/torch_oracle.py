@@ -2,7 +2,7 @@
 numpy arrays as the ONNX graphs: the reference the ONNX/ORT outputs are compared against."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -62,7 +62,10 @@ class TorchBack(torch.nn.Module):
     def p(self, name: str) -> torch.Tensor:
         return self.params[name.replace("/", "__")]
 
-    def forward(self, x: torch.Tensor, train: bool, r_max: float = 1.0, d_max: float = 0.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, train: bool, r_max: float = 1.0, d_max: float = 0.0,
+                masks: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """`masks` (layer -> 0/1 tensor, NCHW) replaces each ReLU's own mask: the same units pass as
+        in the implementation under test, so that a value within rounding of 0 cannot flip."""
         for layer in self.layers:
             n = layer.name
             y = conv(layer, x, self.p(f"{n}/weight"))
@@ -79,7 +82,7 @@ class TorchBack(torch.nn.Module):
             else:
                 y = (y - mu) / sigma
             y = y * self.p(f"{n}/gamma").view(1, -1, 1, 1) + self.p(f"{n}/beta").view(1, -1, 1, 1)
-            x = F.relu(y)
+            x = F.relu(y) if masks is None else y * masks[n]
         if self.latent_layer != net.POOL:
             x = x.mean((2, 3))
         return x @ self.p(f"{net.HEAD}/weight").t()

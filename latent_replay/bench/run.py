@@ -137,9 +137,11 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
 def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     """One step, then one whole incremental batch (index 1: a later batch) through `Learner`."""
     from ..export.manifest import Manifest
-    from ..runtime.config import LearnerConfig
+    from ..runtime.learn import LearnerConfig
     from ..runtime.engine import Back, Front
-    from ..runtime.learners import Learner, plan_minibatches
+    from ..runtime.learn import Learner
+    from ..runtime.learn.hooks import StepTimer
+    from ..runtime.learn.replay import plan_minibatches
     from ..runtime.pool import make_pool
 
     rss0 = core.rss_mb()
@@ -163,61 +165,28 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     labels = rng.integers(0, CLASSES, spec["n_new"]).astype(np.int64)
     rss_setup = core.rss_mb()
 
-    # -- instrumentation: where the time of a batch goes --------------------------------------
-    acc = {"ort_train_step": 0.0, "step": 0.0, "gather": 0.0, "set": 0.0, "steps": 0}
-    orig_train_step, orig_step, orig_gather, orig_set = back.train_step, learner._step, pool.gather, back.set
-
-    def timed(key, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] += time.perf_counter() - t0
-        return wrapper
-
-    back.train_step = timed("ort_train_step", orig_train_step)
-    pool.gather = timed("gather", orig_gather)
-    back.set = timed("set", orig_set)
-    step_times: List[float] = []
-
-    def step(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return orig_step(*a, **k)
-        finally:
-            dt = time.perf_counter() - t0
-            acc["step"] += dt
-            acc["steps"] += 1
-            step_times.append(dt)
-
-    learner._step = step
+    # -- instrumentation: where the time of a batch goes (engine steps vs the rest) ------------
+    timer = StepTimer()
+    learner.hooks.append(timer)
 
     # -- one train step on a new + replayed minibatch (after one warm-up step) ----------------
     plan = plan_minibatches(spec["n_new"], memory, config.minibatch)
     k, r = plan.new_per_mb, plan.replay_per_mb
-    new_lat = front(frames[:k])
-    mx, my = pool.gather(np.arange(r))
-    x = np.concatenate([new_lat, mx])
-    y = np.concatenate([labels[:k], my])
-    saved = {n: v.copy() for n, v in learner.params.items()}
-    learner.brn.begin_batch(1)
-    learner.optim.lr = config.lr(1)
-    active = [learner.head] if config.method == "cwr" else list(learner._train_all)
+    x = np.concatenate([front(frames[:k]), pool.gather(np.arange(r))[0]])
+    y = np.concatenate([labels[:k], pool.gather(np.arange(r))[1]])
+    saved = back.parameters()
+    active = learner.active_parameters(1)
+    back.configure(active, {n: config.lr(1) for n in active}, config.momentum, config.weight_decay,
+                   config.brn_momentum_later)
     one_step: List[float] = []
     for i in range(1 + spec["step_repeats"]):
         t0 = time.perf_counter()
-        learner._step(x, y, active)
+        back.step(x, y, config.brn_r_max, config.brn_d_max)
         if i:
             one_step.append(time.perf_counter() - t0)
-    for n, v in saved.items():  # start the batch from the exported parameters
-        learner._set(n, v)
-    learner.optim.reset()
-    del x, y, new_lat, mx, my
-    for key in ("ort_train_step", "step", "gather", "set"):
-        acc[key] = 0.0
-    acc["steps"] = 0
-    step_times.clear()
+    back.load_parameters(saved)  # start the batch from the exported parameters
+    back.zero_momentum()
+    del x, y
 
     # -- the incremental batch: front once over the new frames, then the epochs ---------------
     t0 = time.perf_counter()
@@ -226,15 +195,13 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     stats = learner.train_batch(latents, labels, 1)
     batch_s = time.perf_counter() - t0
     train_s = batch_s - front_s
+    step_times = timer.times
     labels_bytes = pool.capacity * np.dtype(np.int64).itemsize
     scale = pool.scale
     scale_bytes = 0 if scale is None else int(scale.nbytes)
     breakdown = {
-        "ort_train_step_s": acc["ort_train_step"],
-        "update_and_copies_s": acc["step"] - acc["ort_train_step"],
-        "of_which_state_writes_s": acc["set"],
-        "gather_s": acc["gather"],
-        "other_s": train_s - acc["step"] - acc["gather"],
+        "engine_steps_s": sum(step_times),
+        "other_s": train_s - sum(step_times),  # minibatch assembly, CWR*, memory update
     }
     return {
         "layer": layer, "method": config.method, "storage": storage, "device": device,
@@ -251,6 +218,7 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
                  "analytic_bytes_per_pattern": net.split_cost(layer).bytes_per_pattern(storage),
                  "clipped": int(getattr(pool, "clipped", 0))},
         "rss_after_imports_mb": rss0, "rss_after_setup_mb": rss_setup, "peak_rss_mb": core.peak_rss_mb(),
+        "engine": back.name,
         "ort_arena": core.ort_arena_info(back._options),
         "gpu_memory": core.gpu_memory() if device == "cuda" else {"skipped": "--device cpu"},
     }
@@ -574,9 +542,8 @@ def table(results: Dict[str, Any]) -> str:
                 f"  {o['pool']['total_bytes'] / 2 ** 20:>8.1f}  {o['pool']['bytes_per_pattern']:>9}"
                 f"  {o['peak_rss_mb']:>12.0f}  {_f(d.get('batch_time_ratio'), '.2f'):>14}  {_f(d.get('peak_rss_ratio'), '.2f')}")
             b = o["breakdown"]
-            lines.append(f"{'':<11}   time split: ORT train_step {b['ort_train_step_s']:.2f} s, numpy update + state "
-                         f"writes {b['update_and_copies_s']:.2f} s (writes {b['of_which_state_writes_s']:.2f}), "
-                         f"pool gather {b['gather_s']:.3f} s, other {b['other_s']:.3f} s")
+            lines.append(f"{'':<11}   time split: engine steps ({o['engine']}) {b['engine_steps_s']:.2f} s, minibatch "
+                         f"assembly + CWR* + memory update {b['other_s']:.3f} s")
         t = e.get("torch")
         if _ok(t):
             frac = dl.get("torch", {}).get("mac_rate_batch", {}).get("fraction_of_gemm")

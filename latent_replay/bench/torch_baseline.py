@@ -192,7 +192,7 @@ def incremental_batch(weights: MobileNetWeights, latent_layer: str, classes: int
                       method: str = "ar1free", seed: int = 0) -> Dict[str, Any]:
     """One later incremental batch (index 1) the port's way, timed; the memory holds `memory`
     post-ReLU patterns with labels. Returns times (batch, per step, front share) and counts."""
-    from ..runtime.learners import plan_minibatches
+    from ..runtime.learn.replay import plan_minibatches
     from .core import peak_rss_mb, percentiles, rss_mb
 
     torch, F, Front, Back = _modules()

@@ -1,8 +1,12 @@
-"""Split MobileNetV1 at the latent layer and write the front, the back's ORT training artifacts and
-the manifest into one directory, atomically.
+"""Split MobileNetV1 at the latent layer and write the front, the back's training step and the
+manifest into one directory, atomically.
 
-Runs without PyTorch: `onnxruntime.training/__init__` imports torch (through its `optim` package),
-but the artifact generator (`onnxblock`) does not need it, so it is imported on its own.
+The back is written for the default engine as standard ONNX (`back/step.onnx`, `back/step_si.onnx`,
+`back/eval.onnx`, the initial arrays in `back/initial_state.npz`; see `step_graph`), and, on request
+(`engines` containing "ort-training"), also as ONNX Runtime's on-device training artifacts in
+`back/ort_training/`. Those need onnxruntime-training; its `onnxruntime.training/__init__` imports
+torch (through its `optim` package), but the artifact generator (`onnxblock`) does not need it, so
+it is imported on its own.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -22,16 +26,21 @@ import onnx
 from ..models import graph as g
 from ..models import mobilenet_v1 as net
 from ..models.weights import MobileNetWeights
+from . import step_graph
 from .manifest import Manifest, sha256_file
 
 FRONT_FILE = "front.onnx"
 BACK_DIR = "back"
-BACK_FILES = {
+STEP_FILES = {"step": "step.onnx", "step_si": "step_si.onnx", "eval": "eval.onnx",
+              "initial_state": "initial_state.npz"}
+ORT_TRAINING_DIR = "ort_training"
+ORT_TRAINING_FILES = {
     "training_model": "training_model.onnx",
     "eval_model": "eval_model.onnx",
     "optimizer_model": "optimizer_model.onnx",
     "checkpoint": "checkpoint",
 }
+ENGINES = ("step", "ort-training")
 
 
 class ExportError(ValueError):
@@ -44,11 +53,11 @@ def _artifacts_module():
     if name not in sys.modules:
         spec = importlib.util.find_spec("onnxruntime")
         if spec is None or spec.origin is None:
-            raise ExportError("onnxruntime is not installed: pip install onnxruntime-training-cpu==1.19.2")
+            raise ExportError("onnxruntime is not installed")
         training_dir = os.path.join(os.path.dirname(spec.origin), "training")
         if not os.path.isdir(os.path.join(training_dir, "onnxblock")):
-            raise ExportError("this onnxruntime has no training support: "
-                              "pip install onnxruntime-training-cpu==1.19.2 (or onnxruntime-training for CUDA)")
+            raise ExportError("--engine ort-training needs onnxruntime-training 1.19.2 instead of onnxruntime "
+                              "(a separate virtual environment: see the README's engines section)")
         package = types.ModuleType(name)
         package.__path__ = [training_dir]  # type: ignore[attr-defined]
         sys.modules[name] = package
@@ -107,37 +116,63 @@ def _share_checkpoint_inputs(evaluation: onnx.ModelProto, training: onnx.ModelPr
     evaluation.graph.input.extend(params)
 
 
-def _write_back(weights: MobileNetWeights, latent_layer: str, classes: int, input_size: int,
+def _write_step(weights: MobileNetWeights, latent_layer: str, classes: int, input_size: int,
                 input_order: str, back_dir: Path) -> Dict[str, List[str]]:
+    """The default engine's files: the step graph (plain and with SI), the eval graph, the arrays."""
+    for role, si in (("step", False), ("step_si", True)):
+        model, spec = step_graph.build_step(latent_layer, classes, weights.preprocessing, input_size, input_order,
+                                            si=si)
+        onnx.save(model, str(back_dir / STEP_FILES[role]))
+    evaluation = g.build_back(weights, latent_layer, classes, "eval", input_size, input_order, params_as_inputs=True)
+    onnx.save(evaluation, str(back_dir / STEP_FILES["eval"]))
+    arrays, trainable, carried = g.back_parameters(weights, latent_layer, classes, input_size)
+    with open(back_dir / STEP_FILES["initial_state"], "wb") as f:
+        np.savez(f, **arrays)
+    return {"trainable": trainable, "carried": carried, "brn_layers": spec.brn_layers, "si_params": spec.si_params}
+
+
+def _write_ort_training(weights: MobileNetWeights, latent_layer: str, classes: int, input_size: int,
+                        input_order: str, out_dir: Path) -> None:
+    """ONNX Runtime's on-device training artifacts of the same back (onnxruntime-training only)."""
     import onnxruntime as ort
 
     artifacts = _artifacts_module()
     ort.set_default_logger_severity(3)
     train = g.build_back(weights, latent_layer, classes, "train", input_size, input_order)
-    _, trainable, carried = g.back_parameters(weights, latent_layer, classes, input_size)
+    _, trainable, _ = g.back_parameters(weights, latent_layer, classes, input_size)
     constants = [i.name for i in train.graph.initializer if i.name not in trainable]
     brn_layers = [l.name for l in net.split_layers(latent_layer, input_size)[1]]
     stats = [name for layer in brn_layers for name in g.batch_stat_names(layer)]
+    out_dir.mkdir()
     with _native_stderr_silenced():
         artifacts.generate_artifacts(
             train, requires_grad=trainable, frozen_params=constants,
             loss=artifacts.LossType.CrossEntropyLoss, optimizer=artifacts.OptimType.SGD,
-            artifact_directory=str(back_dir), additional_output_names=stats or None,
+            artifact_directory=str(out_dir), additional_output_names=stats or None,
             loss_input_names=[g.LOGITS],
         )
     # ORT derives the eval model by switching BatchNormalization to inference mode, which cannot hold
     # the batch-statistics outputs; the eval model is instead the same back built in eval mode, with
     # the checkpoint's arrays as inputs so that it shares them with the training model.
     evaluation = g.build_back(weights, latent_layer, classes, "eval", input_size, input_order)
-    training = onnx.load(str(back_dir / BACK_FILES["training_model"]))
+    training = onnx.load(str(out_dir / ORT_TRAINING_FILES["training_model"]))
     _share_checkpoint_inputs(evaluation, training, trainable + constants)
-    onnx.save(evaluation, str(back_dir / BACK_FILES["eval_model"]))
-    return {"trainable": trainable, "carried": carried, "brn_layers": brn_layers}
+    onnx.save(evaluation, str(out_dir / ORT_TRAINING_FILES["eval_model"]))
+
+
+def check_engines(engines: Sequence[str]) -> List[str]:
+    """The engines to export for, validated; the step engine is always written."""
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise ExportError(f"unknown engine {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    if "ort-training" in engines:
+        _artifacts_module()  # fails now, before anything is written, without onnxruntime-training
+    return [e for e in ENGINES if e == "step" or e in engines]
 
 
 def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path,
            input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR",
-           progress: Optional[callable] = None) -> Manifest:
+           progress: Optional[callable] = None, engines: Sequence[str] = ("step",)) -> Manifest:
     """Write DIR/front.onnx, DIR/back/*, DIR/manifest.json. All or nothing: built in a temporary
     sibling directory and moved into place only once complete."""
     try:
@@ -152,6 +187,7 @@ def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path
         weights.validate(input_size)
     except ValueError as e:
         raise ExportError(str(e)) from None
+    engines = check_engines(engines)
     out = Path(out)
     parent = out.resolve().parent
     if out.exists() and not out.is_dir():
@@ -167,8 +203,12 @@ def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path
         _optimize_front(g.build_front(weights, latent_layer, input_size, input_order), tmp / FRONT_FILE)
         step("back")
         (tmp / BACK_DIR).mkdir()
-        names = _write_back(weights, latent_layer, classes, input_size, input_order, tmp / BACK_DIR)
-        manifest = _manifest(weights, latent_layer, classes, input_size, input_order, tmp, names)
+        names = _write_step(weights, latent_layer, classes, input_size, input_order, tmp / BACK_DIR)
+        if "ort-training" in engines:
+            step("ORT training artifacts")
+            _write_ort_training(weights, latent_layer, classes, input_size, input_order,
+                                tmp / BACK_DIR / ORT_TRAINING_DIR)
+        manifest = _manifest(weights, latent_layer, classes, input_size, input_order, tmp, names, engines)
         manifest.save(tmp)
         _replace_dir(tmp, out)
     except BaseException:
@@ -178,11 +218,13 @@ def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path
 
 
 def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_size: int,
-              input_order: str, directory: Path, names: Dict[str, List[str]]) -> Manifest:
+              input_order: str, directory: Path, names: Dict[str, List[str]], engines: List[str]) -> Manifest:
     import onnxruntime as ort
 
     files = {"front": FRONT_FILE}
-    files.update({role: f"{BACK_DIR}/{name}" for role, name in BACK_FILES.items()})
+    files.update({role: f"{BACK_DIR}/{name}" for role, name in STEP_FILES.items()})
+    if "ort-training" in engines:
+        files.update({role: f"{BACK_DIR}/{ORT_TRAINING_DIR}/{name}" for role, name in ORT_TRAINING_FILES.items()})
     cost = net.split_cost(latent_layer, input_size, classes)
     return Manifest(
         latent_layer=latent_layer,
@@ -197,6 +239,8 @@ def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_
         trainable=names["trainable"],
         carried=names["carried"],
         brn_layers=names["brn_layers"],
+        si_params=names["si_params"],
+        engines=engines,
         head=g.HEAD_WEIGHT,
         versions={"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
                   "opset": str(g.OPSET)},

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the step-graph back (1: ORT training artifacts only)
 
 
 class ManifestError(ValueError):
@@ -44,6 +44,8 @@ class Manifest:
     brn_layers: List[str]
     head: str
     versions: Dict[str, str]
+    si_params: List[str] = field(default_factory=list)  # conv weights SI regularizes
+    engines: List[str] = field(default_factory=lambda: ["step"])  # engines the back was written for
     cost: Dict[str, int] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -69,6 +71,9 @@ class Manifest:
             manifest = cls(**d)
         except (ValueError, TypeError, KeyError) as e:
             raise ManifestError(f"{path} is not a valid manifest ({e}); export the artifacts again") from e
+        if manifest.format_version != FORMAT_VERSION:
+            raise ManifestError(f"{directory} was exported by another version of latent-replay (artifact format "
+                                f"{manifest.format_version}, this one reads {FORMAT_VERSION}); export the artifacts again")
         for role, entry in manifest.files.items():
             f = directory / entry["path"]
             if not f.exists():

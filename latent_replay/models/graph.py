@@ -200,8 +200,10 @@ def back_parameters(weights: MobileNetWeights, latent_layer: str, classes: int,
 
 
 def build_back(weights: MobileNetWeights, latent_layer: str, classes: int, mode: str = "train",
-               input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR") -> onnx.ModelProto:
-    """Back graph from the latent input to the mid_fc7 logits; parameters are initializers.
+               input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR",
+               params_as_inputs: bool = False) -> onnx.ModelProto:
+    """Back graph from the latent input to the mid_fc7 logits; parameters are initializers, or graph
+    inputs after the latent one (`params_as_inputs`: the engine feeds its current state).
 
     `train`: Batch Renormalization with r_max/d_max as scalar graph inputs, batch statistics as extra
     outputs. `eval`: normalization by the carried running statistics.
@@ -214,8 +216,6 @@ def build_back(weights: MobileNetWeights, latent_layer: str, classes: int, mode:
     _, back = net.split_layers(latent_layer, input_size)
     g = _Graph()
     arrays, _, _ = back_parameters(weights, latent_layer, classes, input_size)
-    for name, arr in arrays.items():
-        g.const(name, arr)
     shape = ["batch"] + list(net.latent_shape(latent_layer, input_size))
     if latent_layer == net.DATA:
         g.inputs.append(helper.make_tensor_value_info(LATENT_INPUT, TensorProto.UINT8, shape))
@@ -224,6 +224,11 @@ def build_back(weights: MobileNetWeights, latent_layer: str, classes: int, mode:
     else:
         g.inputs.append(helper.make_tensor_value_info(LATENT_INPUT, TensorProto.FLOAT, shape))
         x = LATENT_INPUT
+    for name, arr in arrays.items():
+        if params_as_inputs:
+            g.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
+        else:
+            g.const(name, arr)
     batch_stats: List[str] = []
     if mode == "train" and back:
         for name in (R_MAX_INPUT, D_MAX_INPUT):

@@ -19,24 +19,22 @@ from ..export.manifest import Manifest
 BACK_PREFIX = "back/"
 
 
-def _checkpoint_arrays(artifacts: Path, manifest: Manifest) -> Dict[str, np.ndarray]:
-    """Every array in the exported checkpoint (constants included), as numpy."""
-    from onnxruntime.capi import _pybind_state as C
-
-    state = C.load_checkpoint(str(manifest.path(artifacts, "checkpoint")))
-    return {name: state.get_parameter(name).data.numpy().copy() for name in state.parameter_names()}
+def _initial_arrays(artifacts: Path, manifest: Manifest) -> Dict[str, np.ndarray]:
+    """The back's exported arrays (parameters and carried statistics), as numpy."""
+    with np.load(manifest.path(artifacts, "initial_state"), allow_pickle=False) as z:
+        return {name: z[name] for name in z.files}
 
 
 def inference_model(artifacts: Path, parameters: Dict[str, np.ndarray]) -> onnx.ModelProto:
     """frames (uint8 NHWC) -> logits and probabilities, with `parameters` overriding the checkpoint's."""
     artifacts = Path(artifacts)
     manifest = Manifest.load(artifacts, verify=True)
-    arrays = _checkpoint_arrays(artifacts, manifest)
+    arrays = _initial_arrays(artifacts, manifest)
     unknown = sorted(set(parameters) - set(arrays))
     if unknown:
         raise ValueError(f"parameters {', '.join(unknown[:3])} are not in these artifacts")
     arrays.update(parameters)
-    back = onnx.load(str(manifest.path(artifacts, "eval_model")))
+    back = onnx.load(str(manifest.path(artifacts, "eval")))
     inputs = [i for i in back.graph.input if i.name not in arrays]
     used = {name for node in back.graph.node for name in node.input}
     back.graph.initializer.extend(numpy_helper.from_array(np.asarray(arrays[i.name]), i.name)

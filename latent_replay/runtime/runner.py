@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..models import mobilenet_v1 as net
-from .config import LearnerConfig
+from .learn import LearnerConfig
 
 METHOD_NAMES = {"cwr": "cwr", "ar1f": "ar1free", "ar1free": "ar1free", "ar1s": "ar1", "ar1": "ar1",
                 "naive": "naive", "cumulative": "cumulative"}
@@ -304,7 +304,7 @@ def _versions() -> Dict[str, str]:
 def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progress: bool) -> dict:
     """One NICv2 run (or synthetic seed): returns {'run', 'batches': [...], 'complete'}."""
     from .engine import Back, Front
-    from .learners import Learner
+    from .learn import Learner
     from .state import load_state, save_state
     from .pool import make_pool
     from .memory import peak_rss_mb

@@ -612,7 +612,7 @@ def resolve_artifacts(args: argparse.Namespace, method: str, saved: Optional[Dic
 
 
 def make_config(args: argparse.Namespace, method: str):
-    from .config import LearnerConfig
+    from .learn import LearnerConfig
 
     lr = args.lr if args.lr is not None else DEFAULT_LR[method]
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[method]
@@ -626,12 +626,12 @@ def make_config(args: argparse.Namespace, method: str):
 
 def build_learner(args: argparse.Namespace, artifacts: Path, manifest: Any, saved: Optional[Dict[str, Any]]):
     """The teacher's learner on its own counting Back, restored from the saved state if any."""
-    from .learners import Learner
+    from .learn import Learner
     from .pool import make_pool
-    from .teacher import CountingBack
+    from .engine import Back
 
     if saved is not None:
-        from .config import LearnerConfig
+        from .learn import LearnerConfig
 
         config = LearnerConfig.from_dict(saved["meta"]["config"])
         if args.method and args.method != config.method or args.lr is not None or args.epochs is not None:
@@ -644,7 +644,7 @@ def build_learner(args: argparse.Namespace, artifacts: Path, manifest: Any, save
     except ValueError as e:
         raise StreamError(str(e)) from None
     # Training runs beside the live loop: threads that busy-wait would steal its cores (spin=False).
-    back = CountingBack(artifacts, manifest, args.device, args.train_threads, spin=False)
+    back = Back(artifacts, manifest, args.device, args.train_threads, spin=False)
     pool = make_pool("cpu", config.replay_memory, tuple(manifest.latent_shape), config.storage, config.seed,
                      np.uint8 if manifest.latent_dtype == "uint8" else np.float32) if config.uses_memory else None
     learner = Learner(back, config, pool)

@@ -18,21 +18,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .engine import Back
-from .learners import plan_minibatches
+from .learn import LearnerHooks
 
 
-class CountingBack(Back):
-    """A `Back` that counts training steps (the demo shows training progress) and hands the
-    interpreter lock to the live loop before each one: ORT's train step holds the lock while it
-    runs, so without the hand-over a frame waiting to be predicted can sit behind several steps."""
+class YieldingProgress(LearnerHooks):
+    """Counts the running batch's steps (the demo shows training progress) and hands the
+    interpreter lock to the live loop before each one: ORT's step holds the lock while it runs, so
+    without the hand-over a frame waiting to be predicted can sit behind several steps."""
 
-    steps = 0
+    def __init__(self) -> None:
+        self.done, self.total = 0, 0
 
-    def train_step(self, *args: Any, **kwargs: Any):
-        self.steps += 1
+    def begin_batch(self, learner: Any, batch_index: int, plan: Any, steps: int) -> None:
+        self.done, self.total = 0, steps
+
+    def before_step(self, learner: Any) -> None:
         time.sleep(0)  # yield the GIL: a waiting live-loop thread runs first
-        return super().train_step(*args, **kwargs)
+        self.done += 1
 
 
 @dataclass
@@ -67,13 +69,15 @@ class Teacher:
     def __init__(self, learner: Any, frame_now: Callable[[], int],
                  after_batch: Optional[Callable[[Any, TrainJob], None]] = None) -> None:
         self.learner = learner
+        self._steps = YieldingProgress()
+        learner.hooks.append(self._steps)
         self._frame_now = frame_now
         self._after_batch = after_batch
         self._jobs: "queue.Queue[Optional[TrainJob]]" = queue.Queue()
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not yet taken by the live loop
         self._updates: List[Update] = []
-        self._current: Optional[Tuple[str, int]] = None  # (name, total steps) of the running job
+        self._current: Optional[str] = None  # class name of the running job
         self.error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="teacher", daemon=True)
         self._thread.start()
@@ -100,8 +104,7 @@ class Teacher:
             current = self._current
         if current is None:
             return None
-        steps = getattr(self.learner.back, "steps", 0)
-        return current[0], min(1.0, steps / max(1, current[1]))
+        return current, min(1.0, self._steps.done / max(1, self._steps.total))
 
     def take_updates(self) -> List[Update]:
         """Finished batches since the last call (oldest first); re-raises a worker failure."""
@@ -144,20 +147,11 @@ class Teacher:
                     self._current = None
                 self.error = e
 
-    def _total_steps(self, n_new: int, batch_index: int) -> int:
-        c = self.learner.config
-        pool = self.learner.pool
-        plan = plan_minibatches(n_new, len(pool) if pool is not None else 0, c.minibatch, c.pad_without_replay)
-        return plan.iterations * c.epochs_for(batch_index)
-
     def _train(self, job: TrainJob) -> None:
         learner = self.learner
         batch_index = learner.batches_trained
-        back = learner.back
-        if hasattr(back, "steps"):
-            back.steps = 0
         with self._lock:
-            self._current = (job.name, self._total_steps(len(job.latents), batch_index))
+            self._current = job.name
         start_frame, t0 = self._frame_now(), time.perf_counter()
         stats = learner.train_batch(job.latents, np.full(len(job.latents), job.label, np.int64), batch_index)
         params = {n: v.copy() for n, v in learner.params.items()}

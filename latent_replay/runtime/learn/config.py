@@ -8,11 +8,11 @@ batches depend on replay, the output-layer learning-rate multiplier on the metho
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
-METHODS = ("naive", "cwr", "ar1", "ar1free", "cumulative")
+from .methods import METHOD_NAMES, Method, method as method_named
+
 REPLAYS = ("no", "pure", "latent")
 STORAGES = ("fp32", "fp16", "uint8")
 PRESETS = ("pytorch", "caffe")
@@ -119,13 +119,10 @@ class LearnerConfig:
         d["frozen_weights"] = tuple(d.get("frozen_weights", ()))
         return cls(**d)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     # -- checks -----------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValueError naming the bad setting and the valid values."""
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method, METHOD_NAMES)
         _choice("replay", self.replay, REPLAYS)
         _choice("storage", self.storage, STORAGES)
         _choice("preset", self.preset_name, PRESETS)
@@ -162,7 +159,8 @@ class LearnerConfig:
 
     def check_compatible(self, latent_layer: str) -> None:
         """Refuse combinations of method/replay and latent layer that make no sense."""
-        if self.method == "cwr" and latent_layer != "pool6":
+        needed = self.method_spec.latent_layer
+        if needed is not None and latent_layer != needed:
             raise ValueError(f"CWR* trains only the output layer: use latent layer 'pool6', not {latent_layer!r} "
                              f"(or method 'ar1free' to train the layers above {latent_layer!r})")
         if self.replay == "pure" and latent_layer != "data":
@@ -171,12 +169,16 @@ class LearnerConfig:
 
     # -- derived ----------------------------------------------------------------------------
     @property
+    def method_spec(self) -> Method:
+        return method_named(self.method)
+
+    @property
     def uses_cwr(self) -> bool:
-        return self.method in ("cwr", "ar1", "ar1free")
+        return self.method_spec.cwr
 
     @property
     def uses_si(self) -> bool:
-        return self.method == "ar1"
+        return self.method_spec.si
 
     @property
     def uses_memory(self) -> bool:
