@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..cli import CliError
 from ..models import mobilenet_v1 as net
 from . import core
 
@@ -322,13 +323,37 @@ def run_worker(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
 # =============================================================================================
 # The parent: plan, collect, derive, print
 # =============================================================================================
-def _parse_list(text: str, valid: List[str], what: str) -> List[str]:
+class BenchArgumentError(CliError, SystemExit):
+    """A bad bench argument: the CLI's user error (one line, exit code 2). Also a SystemExit, so
+    that a script calling `benchmark()` directly stops with the message, as it did before."""
+
+
+def _argument_error(message: str) -> BenchArgumentError:
+    return BenchArgumentError(message)
+
+
+def _parse_list(text: str, valid: List[str], what: str, option: str) -> List[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in items if s not in valid]
     if bad or not items:
-        raise SystemExit(f"latent-replay bench: error: unknown {what} {', '.join(bad) or '(empty)'}; "
-                         f"choose from {', '.join(valid)}")
+        raise _argument_error(f"{option} {text!r}: unknown {what} {', '.join(bad) if bad else '(empty list)'}; "
+                              f"choose from {', '.join(valid)}")
     return items
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument checked before anything runs: a mistake is one line and exit code 2."""
+    args.layer_list = _parse_list(args.layers, [l for l in net.LATENT_LAYERS if l != net.DATA], "latent layer",
+                                  "--layers")
+    args.storage_list = _parse_list(args.storage, ["fp32", "fp16", "uint8"], "storage", "--storage")
+    if args.threads is not None and args.threads < 0:
+        raise _argument_error(f"--threads must be >= 0, got {args.threads}")
+    if args.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise _argument_error("--device cuda needs the CUDA build of onnxruntime-training (pip install .[gpu]); "
+                                  "use --device cpu")
 
 
 def benchmark(args: argparse.Namespace, log=print) -> Dict[str, Any]:
@@ -336,17 +361,11 @@ def benchmark(args: argparse.Namespace, log=print) -> Dict[str, Any]:
     from ..models.random_init import random_weights
     from . import torch_baseline as tb
 
-    layers = _parse_list(args.layers, [l for l in net.LATENT_LAYERS if l != net.DATA], "latent layer")
-    storages = _parse_list(args.storage, ["fp32", "fp16", "uint8"], "storage")
+    check_arguments(args)
+    layers, storages = args.layer_list, args.storage_list
     threads = args.threads if args.threads and args.threads > 0 else core.cpu_count()
     params = dict(QUICK if args.quick else FULL)
     device = args.device
-    if device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise SystemExit("latent-replay bench: error: --device cuda needs the CUDA build of onnxruntime-training "
-                             "(pip install .[gpu]); use --device cpu")
     has_torch, torch_info = tb.available()
     if not has_torch:
         log(f"note: {torch_info}")
@@ -641,6 +660,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
 def command(args: argparse.Namespace) -> int:
     from ..atomic import write_json_atomic
 
+    check_arguments(args)
     results = benchmark(args, log=lambda msg: print(msg, file=sys.stderr))
     print(table(results))
     path = Path(args.json) if args.json else Path(args.out) / "bench_latency_memory.json"
@@ -655,7 +675,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _worker_entry(argv[1], argv[2])
     p = argparse.ArgumentParser(prog="latent-replay bench", description="latency and memory benchmark")
     add_arguments(p)
-    return command(p.parse_args(argv))
+    try:
+        return command(p.parse_args(argv))
+    except CliError as e:
+        print(f"latent-replay bench: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
