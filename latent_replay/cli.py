@@ -243,4 +243,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m latent_replay.cli`: run the imported module's main, so that CliError raised by the
+    # subcommands (which import latent_replay.cli) is the class caught here, not a second copy.
+    from latent_replay.cli import main as _main
+
+    sys.exit(_main())

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from latent_replay.cli import main
+from latent_replay.cli import build_parser, main
 from safety_helpers import CWR, SMALL, copy_run, error_line, only_line, template_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +63,23 @@ def test_bench_arguments_are_checked_up_front(tmp_path, capsys, monkeypatch, arg
     line = only_line(capsys.readouterr().err, "bench")
     assert all(w in line for w in words), line
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_bad_layers_in_a_real_process_exits_2(tmp_path):
+    """As a user runs it (a fresh interpreter, `python -m latent_replay.cli`), and as a script calling
+    benchmark() directly sees it (a SystemExit with the message)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "latent_replay.cli", "bench", "--quick", "--layers", "foo",
+                           "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "unknown latent layer foo" in only_line(proc.stderr, "bench")
+    from latent_replay.bench import run as bench
+
+    with pytest.raises(SystemExit) as e:
+        bench.check_arguments(build_parser().parse_args(["bench", "--layers", "foo"]))
+    assert isinstance(e.value.code, str) and "unknown latent layer foo" in e.value.code
 
 
 # -- stream sources that deliver nothing ----------------------------------------------------------------

@@ -325,7 +325,12 @@ def run_worker(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
 # =============================================================================================
 class BenchArgumentError(CliError, SystemExit):
     """A bad bench argument: the CLI's user error (one line, exit code 2). Also a SystemExit, so
-    that a script calling `benchmark()` directly stops with the message, as it did before."""
+    that a script calling `benchmark()` directly stops with the message (exit status 1), as it did
+    before."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = f"latent-replay bench: error: {message}"  # SystemExit prints it if it escapes
 
 
 def _argument_error(message: str) -> BenchArgumentError:
