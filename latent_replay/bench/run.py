@@ -96,7 +96,11 @@ def _front_figures(run, frames: np.ndarray, spec: Dict[str, Any]) -> Dict[str, A
 
 
 def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, available: List[str]) -> Dict[str, Any]:
-    """The front on the CUDA or TensorRT execution provider, when this onnxruntime has it."""
+    """The front on the CUDA or TensorRT execution provider, when this onnxruntime has it.
+
+    A provider this onnxruntime does not list is "skipped". One it lists but that cannot run the
+    front (no driver, no libcudnn/libnvinfer, a session that silently fell back to the CPU, a failing
+    run) is an "error": the benchmark then reports it and exits non-zero."""
     if provider not in available:
         return {"skipped": f"{provider} not available in this onnxruntime build ({', '.join(available)})"}
     import onnxruntime as ort
@@ -117,6 +121,9 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
             providers = [provider, "CPUExecutionProvider"]
         t0 = time.perf_counter()
         session = ort.InferenceSession(path, session_options(spec["threads"], spec["spin"]), providers=providers)
+        if provider not in session.get_providers():  # ORT falls back to the next provider with a warning
+            return {"error": f"{provider} is listed by this onnxruntime but the session runs on "
+                             f"{', '.join(session.get_providers())} (the provider failed to load)"}
         name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
         one = np.ascontiguousarray(frames[:1])
         session.run([name_out], {name_in: one})
@@ -132,7 +139,7 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
             res["note"] = "first_run_s includes the TensorRT engine build; a second process reuses the cache"
         return res
     except Exception as e:  # a provider that is listed but cannot start (no driver, no libnvinfer)
-        return {"skipped": f"{provider} failed: {type(e).__name__}: {e}"}
+        return {"error": f"{provider} is listed by this onnxruntime but failed: {type(e).__name__}: {e}"}
 
 
 def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -578,7 +585,9 @@ def table(results: Dict[str, Any]) -> str:
                 lines.append(f"{'':<12} {prov}: b1 p50 {pl['p50'] * 1e3:.2f} ms, b32 {o[prov]['throughput']['32']['fps']:.0f} fps,"
                              f" first run (build) {o[prov]['first_run_s']:.1f} s")
             else:
-                lines.append(f"{'':<12} {prov}: {o.get(prov, {}).get('skipped', 'skipped')}")
+                info = o.get(prov, {})
+                lines.append(f"{'':<12} {prov}: " + (f"ERROR: {info['error']}" if "error" in info
+                                                      else info.get("skipped", "skipped")))
     lines.append("")
     lines.append("INCREMENTAL BATCH            new+mem x ep  its  front s  train s  batch s  step p50 s  "
                  "MAC%GEMM  pool MiB  B/pattern  peak RSS MiB  vs torch: time  RSS")
