@@ -22,14 +22,18 @@ class CliError(Exception):
 
 def _user_errors() -> tuple:
     """Exception types that mean 'the user gave us something wrong', not 'we have a bug'."""
+    from .atomic import WriteError
     from .export.exporter import ExportError
     from .export.manifest import ManifestError
+    from .folders import FolderError
     from .models.load import WeightsError
 
     from .runtime.runner import RunError
     from .runtime.sources.base import SourceError
+    from .runtime.state import StateError
 
-    return (CliError, ExportError, ManifestError, WeightsError, SourceError, RunError, FileNotFoundError)
+    return (CliError, ExportError, ManifestError, WeightsError, SourceError, RunError, FolderError, StateError,
+            WriteError, FileNotFoundError)
 
 
 # -- layers --------------------------------------------------------------------------------------
@@ -101,7 +105,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                                    "folded), OUT/back/ (ONNX Runtime on-device training artifacts for the "
                                    "layers above the latent layer, with Batch Renormalization) and "
                                    "OUT/manifest.json. The output directory is replaced only once the export "
-                                   "is complete.")
+                                   "is complete, and only if it is new, empty or a previous export.")
     add_weights_arguments(p)
     p.add_argument("--latent-layer", "--latent_layer", default=net.DEFAULT_LATENT_LAYER,
                    help=f"where to split (default {net.DEFAULT_LATENT_LAYER}); `latent-replay layers` lists them")
@@ -109,13 +113,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=net.DEFAULT_INPUT_SIZE, help="square input side (default 128)")
     p.add_argument("--input-order", choices=["BGR", "RGB"], default="BGR",
                    help="channel order of the frames the front receives (default BGR, as OpenCV gives them)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True,
+                   help="output directory: new, empty, or a previous export (which is replaced)")
     p.set_defaults(handler=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export.exporter import export
+    from .export.exporter import check_output, export
 
+    check_output(Path(args.out))  # before the weights load: a folder we may not replace is refused at once
     weights = load_weights_announced(args)
     manifest = export(weights, args.latent_layer, args.classes, Path(args.out), args.input_size, args.input_order,
                       progress=lambda step: print(f"exporting {step} ...", file=sys.stderr))
@@ -229,10 +235,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except _user_errors() as e:
         print(f"latent-replay {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"latent-replay {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # A command may say what the interruption kept (KeyboardInterrupt("nothing was saved yet")).
+        detail = f": {e}" if str(e) else ""
+        print(f"latent-replay {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m latent_replay.cli`: run the imported module's main, so that CliError raised by the
+    # subcommands (which import latent_replay.cli) is the class caught here, not a second copy.
+    from latent_replay.cli import main as _main
+
+    sys.exit(_main())

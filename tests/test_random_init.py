@@ -1,12 +1,11 @@
 """Seeded random weights: deterministic, valid, and with calibrated (O(1)) activations."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from latent_replay.models import mobilenet_v1 as net
+from latent_replay.models import random_init
 from latent_replay.models.load import load_weights
 from latent_replay.models.random_init import BETA_MEAN, calibration_frames, conv2d, random_weights
 from latent_replay.models.weights import CAFFE_PREPROCESSING
@@ -65,10 +64,20 @@ def test_options_input_size_classes_preprocessing():
     assert random_weights(seed=2).head_weight is None
 
 
-def test_fast_enough():
-    start = time.perf_counter()
+def test_calibration_is_one_pass_over_a_few_frames(monkeypatch):
+    """What keeps `random_weights` fast (it runs on every `--weights random` command): exactly one
+    numpy convolution per layer, in order, over CALIBRATION_FRAMES (4) frames. Counted, not timed;
+    `python benchmarks/random_weights_time.py` prints the time."""
+    calls = []
+
+    def counting(x, w, stride, group):
+        calls.append((x.shape[0], w.shape, stride, group))
+        return conv2d(x, w, stride, group)
+
+    monkeypatch.setattr(random_init, "conv2d", counting)
     random_weights(seed=3)
-    assert time.perf_counter() - start < 2.0
+    assert [c[1:] for c in calls] == [(l.weight_shape, l.stride, l.group) for l in net.conv_layers()]
+    assert {c[0] for c in calls} == {random_init.CALIBRATION_FRAMES} and random_init.CALIBRATION_FRAMES == 4
 
 
 def test_load_weights_random_spec():

@@ -20,14 +20,17 @@ def results(out):
 
 def test_synthetic_run_writes_results_plot_and_table(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", "CWR", "--out", str(out), "--replay-memory", "20"] + SMALL) == 0
+    # 20 epochs: enough steps on 12 frames for the head to learn (4 give constant predictions, 10%)
+    assert main(["run", "CWR", "--out", str(out), "--replay-memory", "20", "--set", "epochs_first=20",
+                 "--set", "epochs=20"] + SMALL) == 0
     printed = capsys.readouterr().out
     r = results(out)
     assert r["complete"] and r["method"] == "cwr" and r["latent_layer"] == "pool6"
     batches = r["runs"][0]["batches"]
     assert [b["batch"] for b in batches] == [0, 1, 2, 3]
     for b in batches:
-        assert 0 <= b["accuracy"] <= 1 and b["train_s"] > 0 and b["front_s"] > 0 and b["peak_rss_mb"] > 0
+        # 10 test classes (chance 0.1), 5 to 8 of them taught: measured 0.33-0.48
+        assert b["accuracy"] > 0.25 and b["train_s"] > 0 and b["front_s"] > 0 and b["peak_rss_mb"] > 0
     # pool bytes = stored patterns x bytes per pattern (+ labels), never more than M patterns
     assert batches[-1]["pool_patterns"] == 20
     assert batches[-1]["pool_bytes"] >= 20 * 1024 * 4

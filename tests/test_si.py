@@ -15,13 +15,15 @@ W = "conv/weight"
 
 
 def run_batch(si, params, grads, lr):
-    """Plain gradient steps theta -= lr * g along a given gradient sequence."""
+    """Plain gradient steps theta -= lr * g along a given gradient sequence; the trajectory
+    sum g * delta_theta (the engine's part during a batch) is accumulated here."""
     si.begin_batch(params)
+    traj = {W: np.zeros_like(params[W])}
     for g in grads:
-        before = {W: params[W].copy()}
+        before = params[W].copy()
         params[W] -= lr * g
-        si.accumulate({W: g}, before, params)
-    si.end_batch(params)
+        traj[W] += g * (params[W] - before)
+    si.end_batch(params, traj)
 
 
 def test_importance_matches_reference():
@@ -57,24 +59,21 @@ def test_negative_importance_is_clipped_to_zero():
     params = {W: np.zeros(2, np.float32)}
     si = SynapticIntelligence([W], params, cfg)
     si.begin_batch(params)
-    before = {W: params[W].copy()}
     params[W] += np.array([0.01, -0.01], np.float32)
-    si.accumulate({W: np.array([1.0, 1.0], np.float32)}, before, params)
-    si.end_batch(params)
+    si.end_batch(params, {W: np.array([1.0, 1.0], np.float32) * np.array([0.01, -0.01], np.float32)})
     assert si.omega[W][0] < 0 and si.F[W][0] == 0
     assert si.F[W][1] > 0
 
 
-def test_penalty_gradient_and_scale():
-    cfg = LearnerConfig(method="ar1", si_lambda=100.0)
+def test_penalty_weight_and_scale():
+    """What SI hands the engine per mode (the penalty itself is applied in the step graph and
+    checked in test_step_graph.py): lambda in penalty mode, 1 - F / clip factors in scale mode."""
     params = {W: np.array([1.0, 2.0], np.float32)}
-    si = SynapticIntelligence([W], params, cfg)
-    si.F[W] = np.array([1e-3, 5e-4], np.float32)
-    si.theta_star[W] = np.array([0.5, 2.5], np.float32)
-    grads = {W: np.array([0.1, 0.1], np.float32)}
-    si.regularize(params, grads)
-    np.testing.assert_allclose(grads[W], [0.1 + 100 * 1e-3 * 0.5, 0.1 - 100 * 5e-4 * 0.5], rtol=1e-6)
-    np.testing.assert_allclose(si.grad_scales()[W], [0.0, 0.5])
+    penalty = SynapticIntelligence([W], params, LearnerConfig(method="ar1", si_lambda=100.0))
+    scale = SynapticIntelligence([W], params, LearnerConfig(method="ar1", si_lambda=100.0, si_mode="scale"))
+    assert penalty.penalty_weight == 100.0 and scale.penalty_weight == 0.0
+    scale.F[W] = np.array([1e-3, 5e-4], np.float32)
+    np.testing.assert_allclose(scale.grad_scales()[W], [0.0, 0.5])
 
 
 def test_ar1_learner_importance(tmp_path):

@@ -70,7 +70,11 @@ def test_synthetic_learnable_and_forgets():
 
 
 def test_iter_train_prefetches_next_batch():
+    """Batch 1 is decoded on another thread while the caller holds batch 0, without being asked.
+    Events, not timing: the decoder records its thread; the wait returns as soon as batch 1 starts
+    (its 60 s limit only bounds how long a broken prefetch takes to fail)."""
     started = threading.Event()
+    decoded_on = {}
 
     class Slow(Scenario):
         name, num_classes = "slow", 2
@@ -78,6 +82,7 @@ def test_iter_train_prefetches_next_batch():
         class_names = ["a", "b"]
 
         def train_batch(self, i):
+            decoded_on[i] = threading.current_thread()
             if i == 1:
                 started.set()
             return FrameBatch(np.zeros((1, 8, 8, 3), np.uint8), np.array([i % 2]), f"b{i}")
@@ -87,7 +92,8 @@ def test_iter_train_prefetches_next_batch():
 
     it = Slow().iter_train()
     assert next(it).name == "b0"
-    assert started.wait(2.0)  # batch 1 is being decoded while the caller holds batch 0
+    assert started.wait(60)  # decoding batch 1 began while the caller holds batch 0 and asks nothing
+    assert decoded_on[1] is not threading.current_thread()
     assert [b.name for b in it] == ["b1", "b2"]
     chunks = list(Slow().iter_test(chunk=1))
     assert len(chunks) == 1

@@ -8,14 +8,18 @@ weak, but such objects taught and tested under the same conditions are learnable
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 import pytest
 
 from latent_replay.cli import main
+from latent_replay.runtime import teacher as teacher_module
+from latent_replay.runtime.learn import LearnerHooks
+from latent_replay.runtime.teacher import Teacher
 
 W, H = 192, 160
 TEACH, HELD, FINAL = 40, 8, 24  # per object: taught frames, held-out frames right after, held-out at the end
@@ -70,6 +74,40 @@ def accuracy(frames: List[dict], first: int) -> float:
     return float(np.mean([f["label"] == f["truth"] for f in scored]))
 
 
+GATE_FRAMES = 3  # frames the live loop must predict while a training is held mid-batch
+GATE_LIMIT_S = 60  # only bounds how long a blocked loop takes to fail the test
+
+
+class GatedTeacher(Teacher):
+    """The stream's teacher, holding each training at its first train step until the live loop has
+    predicted GATE_FRAMES more frames: a training is then certainly in progress while those frames
+    are predicted, however fast the machine. A loop that waited for the training would never get
+    there (the gate gives up after GATE_LIMIT_S and records it)."""
+
+    gates: List[Dict[str, Any]] = []
+
+    def _train(self, job):
+        gate: Dict[str, Any] = {"submitted_frame": job.submitted_frame}
+        teacher = self
+
+        class Gate(LearnerHooks):
+            def before_step(self, learner):
+                if "entered_frame" not in gate:
+                    gate["entered_frame"] = teacher._frame_now()
+                    deadline = time.monotonic() + GATE_LIMIT_S
+                    while teacher._frame_now() < gate["entered_frame"] + GATE_FRAMES and time.monotonic() < deadline:
+                        time.sleep(0.001)
+                    gate["released_frame"] = teacher._frame_now()
+
+        hook = Gate()
+        self.learner.hooks.append(hook)
+        try:
+            super()._train(job)
+        finally:
+            self.learner.hooks.remove(hook)
+            GatedTeacher.gates.append(gate)
+
+
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory):
     """Teach the three objects in turn from a video, then predict held-out frames of each."""
@@ -84,10 +122,14 @@ def taught(tmp_path_factory):
                  + [seg(final + o * FINAL + SETTLE, final + (o + 1) * FINAL - 1, o) for o in range(3)],
     }
     schedule.write_text(json.dumps(plan))
-    code = main(["stream", "--source", str(video), "--headless", "--schedule", str(schedule), "--state", str(state),
-                 "--weights", "random", "--log", str(log)])
+    GatedTeacher.gates = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(teacher_module, "Teacher", GatedTeacher)  # stream_command imports it at call time
+        code = main(["stream", "--source", str(video), "--headless", "--schedule", str(schedule), "--state",
+                     str(state), "--weights", "random", "--log", str(log)])
     assert code == 0
-    return {"tmp": tmp, "state": state, "log": log, "final": final, "frames": final + 3 * FINAL}
+    return {"tmp": tmp, "state": state, "log": log, "final": final, "frames": final + 3 * FINAL,
+            "gates": list(GatedTeacher.gates)}
 
 
 def test_held_out_frames_are_recognised_after_teaching(taught):
@@ -100,33 +142,27 @@ def test_held_out_frames_are_recognised_after_teaching(taught):
     assert summary["accuracy"] >= 0.7
 
 
-SCHEDULER_SLACK_S = 0.002
-
-
 def test_inference_keeps_running_while_training(taught):
-    """Every frame index has a prediction; between a batch's hand-over to the worker and the swap of
-    its weights, frames kept being predicted with the previous weights; and while a training was
-    running, the idle time between two predictions (end of one inference to the start of the next)
-    never exceeded the loop's own idle time without training (reading and drawing a frame) plus the
-    slowest single inference of the run: training may delay the loop by at most one inference (plus
-    SCHEDULER_SLACK_S for the OS on a shared 2-core machine; a blocking training -- tens of ms per
-    batch here -- is far beyond that)."""
+    """Every frame index has a prediction; while a training was held at its first step, the live loop
+    went on predicting GATE_FRAMES frames with the previous weights; between a batch's hand-over to
+    the worker and the swap of its weights every frame was predicted with the previous weights, and
+    the frame after the swap with the new ones. Ordering of logged events, not wall time:
+    `python benchmarks/stream_idle_time.py` prints how long training delays the loop."""
     frames, trainings, _ = read_log(taught["log"])
     assert [f["frame"] for f in frames] == list(range(taught["frames"]))
-    slowest = max(f["latency_ms"] for f in frames) / 1e3
-
-    def idle(prev, nxt):
-        return nxt["t"] - (prev["t"] + prev["latency_ms"] / 1e3)
-    quiet = [idle(a, b) for a, b in zip(frames, frames[1:]) if not a["training"] and not b["training"]]
-    allowed = max(quiet) + slowest + SCHEDULER_SLACK_S
-    for t in trainings:
+    gates = taught["gates"]
+    assert len(gates) == len(trainings) == 3
+    for t, gate in zip(trainings, gates):
+        assert gate["submitted_frame"] == t["submitted_frame"]
+        assert "entered_frame" in gate, f"the training of '{t['label']}' never reached a train step"
+        entered, released = gate["entered_frame"], gate["released_frame"]
+        assert released >= entered + GATE_FRAMES, f"the live loop stalled while '{t['label']}' trained: {gate}"
         submitted, swapped = t["submitted_frame"], t["end_frame"]
+        assert submitted <= entered and released <= swapped
         during = frames[submitted + 1:swapped]
-        assert during, f"no frame predicted while '{t['label']}' trained ({t})"
+        assert len(during) >= GATE_FRAMES
         assert all(f["training"] and f["weights"] == t["batch"] for f in during)
         assert frames[swapped]["weights"] == t["batch"] + 1
-        for prev, nxt in zip(frames[submitted:swapped], during):
-            assert idle(prev, nxt) <= allowed, (prev, nxt, max(quiet), slowest)
         assert t["frames"] == TEACH and t["duration_s"] > 0
 
 

@@ -1,5 +1,9 @@
 """An independent PyTorch MobileNetV1 (front, back with Batch Renormalization) built from the same
-numpy arrays as the ONNX graphs: the reference the ONNX/ORT outputs are compared against."""
+numpy arrays as the ONNX graphs: the reference the ONNX/ORT outputs are compared against.
+
+The network's geometry (layer order, strides, groups, paddings) comes from the hard-coded table of
+`mobilenet_spec` (typed from the MobileNetV1 paper), not from the package's layer table, so a wrong
+entry there shows as a mismatch instead of being copied into the reference."""
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -8,8 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latent_replay.models import mobilenet_v1 as net
 from latent_replay.models.weights import MobileNetWeights
+import mobilenet_spec as spec
+
+POOL, HEAD = "pool6", "mid_fc7"
 
 
 def preprocess(frames: np.ndarray, weights: MobileNetWeights) -> torch.Tensor:
@@ -21,14 +27,15 @@ def preprocess(frames: np.ndarray, weights: MobileNetWeights) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def conv(layer: net.ConvLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(x, w, stride=layer.stride, padding=layer.kernel // 2, groups=layer.group)
+def conv(layer: spec.Layer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    assert tuple(w.shape) == spec.WEIGHT_SHAPES[layer.name], (layer.name, tuple(w.shape))
+    return F.conv2d(x, w, stride=layer.stride, padding=layer.padding, groups=layer.group)
 
 
 def front(weights: MobileNetWeights, frames: np.ndarray, latent_layer: str) -> np.ndarray:
     """Reference front: BN in eval mode (running statistics), ReLU, up to the latent layer."""
     x = preprocess(frames, weights).double()
-    layers, _ = net.split_layers(latent_layer)
+    layers, _ = spec.split(latent_layer)
     for layer in layers:
         p = weights.convs[layer.name]
         x = conv(layer, x, torch.from_numpy(p.weight).double())
@@ -36,7 +43,7 @@ def front(weights: MobileNetWeights, frames: np.ndarray, latent_layer: str) -> n
                          torch.from_numpy(p.gamma).double(), torch.from_numpy(p.beta).double(),
                          training=False, eps=p.eps)
         x = F.relu(x)
-    if latent_layer == net.POOL:
+    if latent_layer == POOL:
         x = x.mean((2, 3))
     return x.numpy()
 
@@ -47,7 +54,7 @@ class TorchBack(torch.nn.Module):
 
     def __init__(self, arrays: Dict[str, np.ndarray], latent_layer: str) -> None:
         super().__init__()
-        _, self.layers = net.split_layers(latent_layer)
+        _, self.layers = spec.split(latent_layer)
         self.latent_layer = latent_layer
         self.params = torch.nn.ParameterDict()
         self.stats: Dict[str, torch.Tensor] = {}
@@ -83,6 +90,6 @@ class TorchBack(torch.nn.Module):
                 y = (y - mu) / sigma
             y = y * self.p(f"{n}/gamma").view(1, -1, 1, 1) + self.p(f"{n}/beta").view(1, -1, 1, 1)
             x = F.relu(y) if masks is None else y * masks[n]
-        if self.latent_layer != net.POOL:
+        if self.latent_layer != POOL:
             x = x.mean((2, 3))
-        return x @ self.p(f"{net.HEAD}/weight").t()
+        return x @ self.p(f"{HEAD}/weight").t()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import platform
+import queue
 import shutil
 import subprocess
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Sequence
 
@@ -155,18 +157,30 @@ def gpu_memory() -> Dict[str, Any]:
 
 
 def tegrastats_sample(interval_ms: int = 200, timeout_s: float = 3.0) -> Dict[str, Any]:
-    """One line of `tegrastats` on a Jetson (RAM, GPU load, power); the reason when not a Jetson."""
+    """One line of `tegrastats` on a Jetson (RAM, GPU load, power); the reason when not a Jetson.
+
+    The line is read on a helper thread, so a tegrastats that stays silent (or buffers its output)
+    costs at most `timeout_s`, not a blocked read."""
     exe = shutil.which("tegrastats")
     if exe is None:
         return {"available": False, "reason": "tegrastats not found (not an NVIDIA Jetson)"}
     try:
         proc = subprocess.Popen([exe, "--interval", str(interval_ms)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
+        lines: "queue.Queue[str]" = queue.Queue()
+
+        def first_line() -> None:
+            for raw in proc.stdout or ():
+                if raw.strip():
+                    lines.put(raw.strip())
+                    return
+            lines.put("")  # end of output without a line
+
+        threading.Thread(target=first_line, name="tegrastats", daemon=True).start()
         try:
-            deadline = time.time() + timeout_s
+            line = lines.get(timeout=timeout_s)
+        except queue.Empty:
             line = ""
-            while time.time() < deadline and not line:
-                line = proc.stdout.readline().strip() if proc.stdout else ""
         finally:
             proc.terminate()
             proc.wait(timeout=5)

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..cli import CliError
 from ..models import mobilenet_v1 as net
 from . import core
 
@@ -95,7 +96,11 @@ def _front_figures(run, frames: np.ndarray, spec: Dict[str, Any]) -> Dict[str, A
 
 
 def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, available: List[str]) -> Dict[str, Any]:
-    """The front on the CUDA or TensorRT execution provider, when this onnxruntime has it."""
+    """The front on the CUDA or TensorRT execution provider, when this onnxruntime has it.
+
+    A provider this onnxruntime does not list is "skipped". One it lists but that cannot run the
+    front (no driver, no libcudnn/libnvinfer, a session that silently fell back to the CPU, a failing
+    run) is an "error": the benchmark then reports it and exits non-zero."""
     if provider not in available:
         return {"skipped": f"{provider} not available in this onnxruntime build ({', '.join(available)})"}
     import onnxruntime as ort
@@ -116,6 +121,9 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
             providers = [provider, "CPUExecutionProvider"]
         t0 = time.perf_counter()
         session = ort.InferenceSession(path, session_options(spec["threads"], spec["spin"]), providers=providers)
+        if provider not in session.get_providers():  # ORT falls back to the next provider with a warning
+            return {"error": f"{provider} is listed by this onnxruntime but the session runs on "
+                             f"{', '.join(session.get_providers())} (the provider failed to load)"}
         name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
         one = np.ascontiguousarray(frames[:1])
         session.run([name_out], {name_in: one})
@@ -131,7 +139,7 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
             res["note"] = "first_run_s includes the TensorRT engine build; a second process reuses the cache"
         return res
     except Exception as e:  # a provider that is listed but cannot start (no driver, no libnvinfer)
-        return {"skipped": f"{provider} failed: {type(e).__name__}: {e}"}
+        return {"error": f"{provider} is listed by this onnxruntime but failed: {type(e).__name__}: {e}"}
 
 
 def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -290,13 +298,42 @@ def run_worker(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
 # =============================================================================================
 # The parent: plan, collect, derive, print
 # =============================================================================================
-def _parse_list(text: str, valid: List[str], what: str) -> List[str]:
+class BenchArgumentError(CliError, SystemExit):
+    """A bad bench argument: the CLI's user error (one line, exit code 2). Also a SystemExit, so
+    that a script calling `benchmark()` directly stops with the message (exit status 1), as it did
+    before."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = f"latent-replay bench: error: {message}"  # SystemExit prints it if it escapes
+
+
+def _argument_error(message: str) -> BenchArgumentError:
+    return BenchArgumentError(message)
+
+
+def _parse_list(text: str, valid: List[str], what: str, option: str) -> List[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in items if s not in valid]
     if bad or not items:
-        raise SystemExit(f"latent-replay bench: error: unknown {what} {', '.join(bad) or '(empty)'}; "
-                         f"choose from {', '.join(valid)}")
+        raise _argument_error(f"{option} {text!r}: unknown {what} {', '.join(bad) if bad else '(empty list)'}; "
+                              f"choose from {', '.join(valid)}")
     return items
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument checked before anything runs: a mistake is one line and exit code 2."""
+    args.layer_list = _parse_list(args.layers, [l for l in net.LATENT_LAYERS if l != net.DATA], "latent layer",
+                                  "--layers")
+    args.storage_list = _parse_list(args.storage, ["fp32", "fp16", "uint8"], "storage", "--storage")
+    if args.threads is not None and args.threads < 0:
+        raise _argument_error(f"--threads must be >= 0, got {args.threads}")
+    if args.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise _argument_error("--device cuda needs the CUDA build of onnxruntime-training (pip install .[gpu]); "
+                                  "use --device cpu")
 
 
 def benchmark(args: argparse.Namespace, log=print) -> Dict[str, Any]:
@@ -304,17 +341,11 @@ def benchmark(args: argparse.Namespace, log=print) -> Dict[str, Any]:
     from ..models.random_init import random_weights
     from . import torch_baseline as tb
 
-    layers = _parse_list(args.layers, [l for l in net.LATENT_LAYERS if l != net.DATA], "latent layer")
-    storages = _parse_list(args.storage, ["fp32", "fp16", "uint8"], "storage")
+    check_arguments(args)
+    layers, storages = args.layer_list, args.storage_list
     threads = args.threads if args.threads and args.threads > 0 else core.cpu_count()
     params = dict(QUICK if args.quick else FULL)
     device = args.device
-    if device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise SystemExit("latent-replay bench: error: --device cuda needs the CUDA build of onnxruntime-training "
-                             "(pip install .[gpu]); use --device cpu")
     has_torch, torch_info = tb.available()
     if not has_torch:
         log(f"note: {torch_info}")
@@ -522,7 +553,9 @@ def table(results: Dict[str, Any]) -> str:
                 lines.append(f"{'':<12} {prov}: b1 p50 {pl['p50'] * 1e3:.2f} ms, b32 {o[prov]['throughput']['32']['fps']:.0f} fps,"
                              f" first run (build) {o[prov]['first_run_s']:.1f} s")
             else:
-                lines.append(f"{'':<12} {prov}: {o.get(prov, {}).get('skipped', 'skipped')}")
+                info = o.get(prov, {})
+                lines.append(f"{'':<12} {prov}: " + (f"ERROR: {info['error']}" if "error" in info
+                                                      else info.get("skipped", "skipped")))
     lines.append("")
     lines.append("INCREMENTAL BATCH            new+mem x ep  its  front s  train s  batch s  step p50 s  "
                  "MAC%GEMM  pool MiB  B/pattern  peak RSS MiB  vs torch: time  RSS")
@@ -608,6 +641,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
 def command(args: argparse.Namespace) -> int:
     from ..atomic import write_json_atomic
 
+    check_arguments(args)
     results = benchmark(args, log=lambda msg: print(msg, file=sys.stderr))
     print(table(results))
     path = Path(args.json) if args.json else Path(args.out) / "bench_latency_memory.json"
@@ -622,7 +656,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _worker_entry(argv[1], argv[2])
     p = argparse.ArgumentParser(prog="latent-replay bench", description="latency and memory benchmark")
     add_arguments(p)
-    return command(p.parse_args(argv))
+    try:
+        return command(p.parse_args(argv))
+    except CliError as e:
+        print(f"latent-replay bench: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

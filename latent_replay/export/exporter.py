@@ -26,8 +26,9 @@ import onnx
 from ..models import graph as g
 from ..models import mobilenet_v1 as net
 from ..models.weights import MobileNetWeights
+from ..atomic import default_mode
 from . import step_graph
-from .manifest import Manifest, sha256_file
+from .manifest import MANIFEST_NAME, Manifest, sha256_file
 
 FRONT_FILE = "front.onnx"
 BACK_DIR = "back"
@@ -170,11 +171,26 @@ def check_engines(engines: Sequence[str]) -> List[str]:
     return [e for e in ENGINES if e == "step" or e in engines]
 
 
+def check_output(out: Path) -> Path:
+    """The export folder as an absolute path, refused (ExportError) unless it is new, empty or a
+    previous export: replacing it must never delete anything else. Touches nothing."""
+    from ..folders import FolderError, absolute, check_folder, refuse_current_folder
+
+    try:
+        resolved = absolute(out, "--out")
+        refuse_current_folder(resolved, "--out", str(out), "artifacts")
+        check_folder(resolved, [MANIFEST_NAME], "--out", "an export (no manifest.json)")
+    except FolderError as e:
+        raise ExportError(str(e)) from None
+    return resolved
+
+
 def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path,
            input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR",
            progress: Optional[callable] = None, engines: Sequence[str] = ("step",)) -> Manifest:
     """Write DIR/front.onnx, DIR/back/*, DIR/manifest.json. All or nothing: built in a temporary
-    sibling directory and moved into place only once complete."""
+    sibling directory and moved into place only once complete. An existing DIR is replaced only
+    when it is empty or holds a previous export."""
     try:
         net.check_latent_layer(latent_layer)
     except ValueError as e:
@@ -188,15 +204,14 @@ def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path
     except ValueError as e:
         raise ExportError(str(e)) from None
     engines = check_engines(engines)
-    out = Path(out)
-    parent = out.resolve().parent
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a directory")
+    shown = out
+    out = check_output(out)
+    parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     except OSError as e:
-        raise ExportError(f"cannot write to {out}: {e.strerror or e}") from None
+        raise ExportError(f"cannot write to {shown}: {e.strerror or e}") from None
     try:
         step = progress or (lambda msg: None)
         step("front")
@@ -210,9 +225,12 @@ def export(weights: MobileNetWeights, latent_layer: str, classes: int, out: Path
                                 tmp / BACK_DIR / ORT_TRAINING_DIR)
         manifest = _manifest(weights, latent_layer, classes, input_size, input_order, tmp, names, engines)
         manifest.save(tmp)
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0700 must not become the export's mode
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # e.g. disk full: nothing half-written is left, a previous export is kept
+            raise ExportError(f"cannot write the export to {shown}: {e.strerror or e}") from None
         raise
     return manifest
 
@@ -250,9 +268,11 @@ def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; an older export there is replaced only at the end."""
+    """Move the finished export into place; an older export there is replaced only at the end,
+    and only if it still is an export (or an empty folder) at this moment."""
+    check_output(out)
     old = None
-    if out.exists():
+    if os.path.lexists(out):
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
     os.replace(tmp, out)

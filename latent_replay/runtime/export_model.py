@@ -61,28 +61,67 @@ def add_export_model_command(sub: argparse._SubParsersAction) -> None:
                        description="Bake a learner state (from `latent-replay run --out DIR` -> DIR/runN/state, or "
                                    "`latent-replay stream --state DIR`) into one ONNX model: uint8 NHWC frames in, "
                                    "`logits` and `probabilities` out. Runs on any onnxruntime >= 1.14.")
-    p.add_argument("--artifacts", required=True, help="the artifacts the learner trained (e.g. runs/latest/artifacts)")
-    p.add_argument("--state", required=True, help="learner state directory (e.g. runs/latest/run0/state)")
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--artifacts", required=True,
+                   help="the artifacts the learner trained (e.g. runs/ar1free-synthetic-latent-conv5_4_dw/artifacts, "
+                        "or STATE/artifacts of the stream demo)")
+    p.add_argument("--state", required=True,
+                   help="learner state: OUT/runN/state of `latent-replay run`, or the --state folder of "
+                        "`latent-replay stream`")
+    p.add_argument("--out", required=True, help="output .onnx file (an existing ONNX model there is replaced)")
     p.set_defaults(handler=export_model_command)
 
 
-def export_model_command(args: argparse.Namespace) -> int:
-    from .state import load_state
-    from ..atomic import write_bytes_atomic
+def _state_folder(given: Path) -> Path:
+    """The learner state folder for --state: a state itself, or the folder of `latent-replay stream
+    --state` (its learner/ subfolder). Anything else: an error that says what to pass."""
+    from .runner import RunError
+    from .state import has_state as is_state
+
+    if is_state(given):
+        return given
+    if is_state(given / "learner"):  # a stream state folder
+        return given / "learner"
+    runs = sorted(p.name for p in given.glob("run[0-9]") if is_state(p / "state")) if given.is_dir() else []
+    if runs:
+        raise RunError(f"{given} is a run folder: pass the state of one run, e.g. --state {given / runs[0] / 'state'}")
+    what = "does not exist" if not given.exists() else "holds no learner state"
+    raise RunError(f"--state {given} {what}; pass OUT/runN/state of `latent-replay run --out OUT`, or the "
+                   f"--state folder of `latent-replay stream`")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a file to create, or an ONNX model to replace: never a folder or another file."""
     from .runner import RunError
 
-    try:
-        state = load_state(Path(args.state))
-    except FileNotFoundError as e:
-        raise RunError(str(e)) from None
+    if out.is_dir():
+        raise RunError(f"--out {out} is a folder; give the model file to write, e.g. --out {out / 'learned.onnx'}")
+    if out.exists():
+        try:
+            model = onnx.load(str(out), load_external_data=False)
+            ours = model.ir_version > 0 and len(model.graph.node) > 0
+        except Exception:  # anything that does not parse as ONNX is not ours to overwrite
+            ours = False
+        if not ours:
+            raise RunError(f"--out {out} exists and is not an ONNX model: refusing to overwrite it; "
+                           f"choose another file name")
+
+
+def export_model_command(args: argparse.Namespace) -> int:
+    from ..atomic import write_bytes_atomic
+    from .runner import RunError
+    from .state import load_state
+
+    out = Path(args.out)
+    _check_out(out)
+    state_path = _state_folder(Path(args.state))
+    state = load_state(state_path)
     params = {k[len("param/"):]: v for k, v in state["arrays"].items() if k.startswith("param/")}
     manifest = Manifest.load(Path(args.artifacts))
     if state["meta"].get("latent_layer") != manifest.latent_layer:
         raise RunError(f"the state was trained at {state['meta'].get('latent_layer')!r} but the artifacts are "
-                         f"cut at {manifest.latent_layer!r}; pass the artifacts the learner used")
+                       f"cut at {manifest.latent_layer!r}; pass the artifacts the learner used")
     model = inference_model(Path(args.artifacts), params)
-    write_bytes_atomic(Path(args.out), model.SerializeToString())
+    write_bytes_atomic(out, model.SerializeToString())
     print(f"wrote {args.out}: frames uint8 (N, {manifest.input['size']}, {manifest.input['size']}, 3) "
           f"{manifest.input['channel_order']} -> logits, probabilities ({manifest.classes} classes)")
     return 0

@@ -3,12 +3,21 @@
 Buffers for the whole capacity are allocated once. Insertion encodes on the host (shared code in
 `ReplayPoolBase`, so slot choices and quantization match `ReplayPool` exactly) and copies each
 pattern into its slot. `gather_device` gathers a minibatch into a preallocated device buffer in the
-input dtype (float32, or uint8 for raw frames), ready to be wrapped as an ORT OrtValue without a
-host round trip. pycuda is imported lazily: importing this module never needs it.
+input dtype (float32, or uint8 for raw frames). pycuda is imported lazily: importing this module
+never needs it.
+
+Training minibatches for ONNX Runtime (`minibatch_ortvalue`, `as_ortvalue`) are written straight
+into a tensor that ONNX Runtime itself allocated on the device
+(`OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", device_id)`, reused while the
+minibatch shape stays), through its `data_ptr()`: ORT's CUDA allocations live in the device's
+primary context, the one this pool's pycuda context retains. That logic is `OrtValueMinibatches`,
+which only needs two copy primitives; `tests/test_pool_ortvalue.py` runs it on the CPU with host
+copies and a 'cpu' OrtValue.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+import abc
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
@@ -62,7 +71,63 @@ def cuda_available() -> Tuple[bool, str]:
         return False, f"CUDA driver error: {exc}"
 
 
-class CudaReplayPool(ReplayPoolBase):
+class OrtValueMinibatches(ReplayPoolBase):
+    """Minibatches as OrtValues allocated by ONNX Runtime on `ort_device`, filled in place.
+
+    A pool whose storage also provides `_copy_to_ptr` (host array -> memory at a pointer on
+    `ort_device`) and `_gather_to_ptr` (stored patterns of some slots, decoded to the input dtype ->
+    memory at a pointer on `ort_device`)."""
+
+    ort_device = "cuda"
+    device_id = 0
+    _ort_value: Any = None
+
+    def _ort_buffer(self, rows: int) -> Any:
+        """The output tensor for `rows` patterns: allocated by ORT once, again only when the shape
+        changes (the previous one stays valid for whoever still holds it)."""
+        import onnxruntime as ort
+
+        shape: List[int] = [int(rows)] + list(self._shape)
+        value = self._ort_value
+        if value is None or list(value.shape()) != shape:
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._input_dtype.type,
+                                                              self.ort_device, self.device_id)
+            self._ort_value = value
+        return value
+
+    def minibatch_ortvalue(self, new: np.ndarray, indices: Any) -> Tuple[Any, np.ndarray]:
+        """A whole training minibatch on the device, handed to ORT without a trip through the host:
+        the `new` rows are copied up, the replayed patterns are gathered right after them on the
+        device. Returns (OrtValue on `ort_device` of shape (len(new) + len(indices), ...), replay
+        labels). The tensor is reused by the next call of the same size."""
+        idx = self._check_indices(indices)
+        new = np.ascontiguousarray(new, dtype=self._input_dtype)
+        if new.shape[1:] != self._shape:
+            raise ValueError(f"new patterns of shape {new.shape[1:]} do not fit a pool of {self._shape}")
+        k, n = len(new), len(idx)
+        value = self._ort_buffer(k + n)
+        ptr = int(value.data_ptr())
+        if k:
+            self._copy_to_ptr(new, ptr)
+        if n:
+            self._gather_to_ptr(idx, ptr + k * new.itemsize * self.pattern_values)
+        return value, self._labels[idx].copy()
+
+    def as_ortvalue(self, indices: Any) -> Tuple[Any, np.ndarray]:
+        """The replayed patterns alone as an OrtValue on `ort_device`; returns (value, labels)."""
+        empty = np.zeros((0,) + tuple(self._shape), self._input_dtype)
+        return self.minibatch_ortvalue(empty, indices)
+
+    @abc.abstractmethod
+    def _copy_to_ptr(self, array: np.ndarray, ptr: int) -> None:
+        """Copy a contiguous host array to `ptr` on `ort_device`."""
+
+    @abc.abstractmethod
+    def _gather_to_ptr(self, idx: np.ndarray, ptr: int) -> None:
+        """Write the patterns of slots `idx`, in the input dtype, one after the other at `ptr`."""
+
+
+class CudaReplayPool(OrtValueMinibatches):
     """Replay memory on a CUDA device; same interface and same slot choices as `ReplayPool`."""
 
     def __init__(self, capacity: int, pattern_shape: Sequence[int], storage: str = "fp32",
@@ -142,8 +207,8 @@ class CudaReplayPool(ReplayPoolBase):
     def gather_device(self, indices: Any) -> Tuple[int, Tuple[int, ...], np.ndarray]:
         """Gather on the device: (device pointer, shape, host labels int64).
 
-        The pointer addresses a preallocated buffer of `input_dtype` that the next call
-        overwrites; wrap it with `as_ortvalue` or use it before gathering again.
+        The pointer addresses a preallocated pycuda buffer of `input_dtype` that the next call
+        overwrites: use it before gathering again (`as_ortvalue` gives a tensor ORT owns instead).
         """
         idx = self._check_indices(indices)
         n = len(idx)
@@ -170,33 +235,14 @@ class CudaReplayPool(ReplayPoolBase):
         self._kernel(*args, block=(256, 1, 1), grid=grid)
         self._cuda.Context.synchronize()
 
-    def minibatch_ortvalue(self, new: np.ndarray, indices: Any):
-        """A whole training minibatch on the device, handed to ORT without a trip through the host:
-        the `new` rows are copied up, the replayed patterns are gathered right after them on the
-        device. Returns (OrtValue on 'cuda' of shape (len(new) + len(indices), ...), replay labels).
-        The buffer is reused by the next call."""
-        import onnxruntime as ort
-
-        idx = self._check_indices(indices)
-        new = np.ascontiguousarray(new, dtype=self._input_dtype)
-        k, n = len(new), len(idx)
-        row = self.pattern_values * self._input_dtype.itemsize
+    def _copy_to_ptr(self, array: np.ndarray, ptr: int) -> None:
         with self._active():
-            self._reserve(k + n)
-            if k:
-                self._cuda.memcpy_htod(int(self._out), new)
-            self._launch_gather(idx, int(self._out) + k * row)
-        value = ort.OrtValue.ortvalue_from_data_ptr([k + n] + list(self._shape), self._input_dtype.type, "cuda",
-                                                    self.device_id, int(self._out))
-        return value, self._labels[idx].copy()
+            self._cuda.memcpy_htod(ptr, array)
 
-    def as_ortvalue(self, indices: Any):
-        """Gather on the device and wrap the buffer as an ORT OrtValue on 'cuda'; returns (value, labels)."""
-        import onnxruntime as ort
-        ptr, shape, labels = self.gather_device(indices)
-        value = ort.OrtValue.ortvalue_from_data_ptr(list(shape), self._input_dtype.type, "cuda",
-                                                    self.device_id, ptr)
-        return value, labels
+    def _gather_to_ptr(self, idx: np.ndarray, ptr: int) -> None:
+        with self._active():
+            self._reserve(len(idx))  # the index buffer
+            self._launch_gather(idx, ptr)
 
     def _gather_host(self, idx: np.ndarray) -> np.ndarray:
         ptr, shape, _ = self.gather_device(idx)

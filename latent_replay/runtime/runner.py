@@ -52,11 +52,15 @@ def parse_runs(text: str) -> List[int]:
     try:
         for part in text.split(","):
             if "-" in part:
-                a, b = part.split("-", 1)
-                runs.extend(range(int(a), int(b) + 1))
+                a, b = (int(x) for x in part.split("-", 1))
+                if a > b:
+                    raise RunError(f"--runs {text!r}: the range {a}-{b} is reversed; write {b}-{a}")
+                runs.extend(range(a, b + 1))
             else:
                 runs.append(int(part))
-    except ValueError:
+    except ValueError as e:
+        if isinstance(e, RunError):
+            raise
         raise RunError(f"--runs {text!r}: use a range like 0-4 or a list like 0,2,5") from None
     if not runs or any(r < 0 or r > 9 for r in runs):
         raise RunError(f"--runs {text!r}: NICv2 has runs 0..9")
@@ -101,8 +105,11 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filelists", help="folder with NICv2 filelists (default: the ones shipped with the package)")
     p.add_argument("--artifacts", help="reuse exported artifacts instead of exporting into OUT/artifacts")
     p.add_argument("--classes", type=int, default=None, help="output classes when exporting (default: the stream's)")
-    p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest); re-run to resume")
-    p.add_argument("--fresh", action="store_true", help="ignore saved state in --out and start over")
+    p.add_argument("--out", default=None,
+                   help="output folder (default runs/METHOD-SCENARIO-REPLAY-LAYER, e.g. "
+                        "runs/ar1free-synthetic-latent-conv5_4_dw); re-run to resume")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over in --out: ignore its saved runs and replace artifacts that do not fit")
     p.add_argument("--synthetic-batches", type=int, default=None, help="length of the synthetic stream (default 26)")
     p.add_argument("--synthetic-size", type=int, default=SYNTHETIC_SIZE,
                    help=f"frame size of the synthetic stream (default {SYNTHETIC_SIZE}: a couple of minutes on 2 cores)")
@@ -230,12 +237,17 @@ def make_scenario(spec: RunSpec, args: argparse.Namespace, run: int):
                                      difficulty=args.synthetic_difficulty)
         except ValueError as e:
             raise RunError(str(e)) from None
-    return Core50Scenario(spec.core50, scenario=spec.scenario, run=run, test_set=args.test_set,
-                          filelists=args.filelists, skip_bad_images=args.skip_bad_images)
+    scenario = Core50Scenario(spec.core50, scenario=spec.scenario, run=run, test_set=args.test_set,
+                              filelists=args.filelists, skip_bad_images=args.skip_bad_images)
+    scenario.check_images()
+    return scenario
 
 
-def ensure_artifacts(args: argparse.Namespace, spec: RunSpec, classes: int, out: Path, scenario_size: int):
-    """The artifacts to train: --artifacts (checked against the run), or exported into OUT/artifacts."""
+def plan_artifacts(args: argparse.Namespace, spec: RunSpec, classes: int, out: Path, scenario_size: int):
+    """(directory, manifest) of the artifacts to train, without writing anything: --artifacts
+    (checked against the run), or OUT/artifacts -- manifest None when they must be exported there.
+    Artifacts in OUT that do not fit this run are refused unless --fresh (they belong to the runs
+    saved in OUT)."""
     from ..export.manifest import Manifest
 
     if args.artifacts:
@@ -251,11 +263,27 @@ def ensure_artifacts(args: argparse.Namespace, spec: RunSpec, classes: int, out:
     directory = out / "artifacts"
     try:
         manifest = Manifest.load(directory)
-        if (manifest.latent_layer, manifest.classes, manifest.input["size"]) == (spec.latent_layer, classes,
-                                                                                  scenario_size):
-            return directory, manifest
     except ValueError:
-        pass
+        return directory, None
+    have = (manifest.latent_layer, manifest.classes, manifest.input["size"])
+    if have == (spec.latent_layer, classes, scenario_size):
+        return directory, manifest
+    if not args.fresh:
+        raise RunError(f"{out} holds a run with other artifacts ({_describe(*have)}; this run needs "
+                       f"{_describe(spec.latent_layer, classes, scenario_size)}): use --fresh to start over there "
+                       f"or another --out")
+    return directory, None
+
+
+def _describe(layer: str, classes: int, size: int) -> str:
+    return f"latent layer {layer}, {classes} classes, {size}px"
+
+
+def ensure_artifacts(args: argparse.Namespace, spec: RunSpec, classes: int, out: Path, scenario_size: int):
+    """The artifacts to train: --artifacts (checked against the run), or exported into OUT/artifacts."""
+    directory, manifest = plan_artifacts(args, spec, classes, out, scenario_size)
+    if manifest is not None:
+        return directory, manifest
     from ..cli import load_weights_announced
     from ..export.exporter import export
 
@@ -301,18 +329,110 @@ def _versions() -> Dict[str, str]:
             "python": platform.python_version(), "machine": platform.machine()}
 
 
-def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progress: bool) -> dict:
+RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json")  # what makes a folder a run folder
+
+
+def default_out(spec: RunSpec) -> Path:
+    """Each experiment its own folder, so that one run never resumes or overwrites another:
+    runs/METHOD-SCENARIO-REPLAY-LAYER (e.g. runs/ar1free-synthetic-latent-conv5_4_dw)."""
+    scenario = str(spec.scenario) if spec.core50 else "synthetic"
+    return Path("runs") / f"{spec.method}-{scenario}-{spec.replay}-{spec.latent_layer.replace('/', '_')}"
+
+
+@dataclass
+class Prepared:
+    """One run, checked (source, learner settings, artifacts, saved state) before anything is written."""
+
+    run: int
+    scenario: object
+    config: LearnerConfig
+    classes: int
+
+
+class Saved:
+    """Batches on disk per run, for what to tell the user after Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.batches: Dict[int, Tuple[int, int]] = {}  # run -> (saved batches, batches in the run)
+
+    def message(self, out: Path) -> str:
+        done = {r: v for r, v in sorted(self.batches.items()) if v[0] > 0}
+        if not done:
+            return "nothing was saved yet (the first batch had not finished)"
+        parts = ", ".join(f"run {r} up to batch {k} of {n}" for r, (k, n) in done.items())
+        return f"saved {parts} in {out}; the same command continues from there"
+
+
+def _prepare(spec: RunSpec, args: argparse.Namespace, out: Path) -> List[Prepared]:
+    """Everything that can be checked without writing: the data source, the learner settings
+    (--set, method and layer), the artifacts, and what OUT already holds."""
+    from ..folders import check_folder
+    from .state import check_replaceable
+    from .stream import STATE_MARKERS
+
+    check_folder(out, RUN_MARKERS, "--out", "a run folder (no results.json or runN/)",
+                 others=[(STATE_MARKERS[:2], "the state folder of `latent-replay stream`")])
+    prepared = []
+    for run in spec.runs:
+        check_replaceable(out / f"run{run}" / "state")
+        config = make_config(spec, args, seed=args.seed + run)
+        scenario = make_scenario(spec, args, run)
+        classes = args.classes or scenario.num_classes
+        _, manifest = plan_artifacts(args, spec, classes, out, scenario.input_size)
+        prepared.append(Prepared(run, scenario, config, manifest.classes if manifest is not None else classes))
+    _check_existing(out, spec, args, prepared)
+    return prepared
+
+
+def _check_existing(out: Path, spec: RunSpec, args: argparse.Namespace, prepared: List[Prepared]) -> None:
+    """Refuse (unless --fresh) an OUT whose results or saved runs belong to another experiment."""
+    import json
+
+    from .results import load_results
+    from .state import STATE_META, state_dir
+
+    if args.fresh:
+        return
+    again = "use --fresh to start over there, or another --out"
+    previous = load_results(out / "results.json") or {}
+    scenario = spec.scenario if spec.core50 else "synthetic"
+    mine = {"method": spec.method, "scenario": scenario, "replay": spec.replay, "latent_layer": spec.latent_layer,
+            "replay_memory": spec.replay_memory}
+    other = [f"{k.replace('_', ' ')} {previous[k]}, not {mine[k]}" for k in mine
+             if k in previous and previous[k] != mine[k]]
+    if other:
+        raise RunError(f"{out} holds the results of another experiment ({', '.join(other)}): {again}")
+    for p in prepared:
+        where = out / f"run{p.run}" / "state"
+        try:
+            meta = json.loads((state_dir(where) / STATE_META).read_text(encoding="utf-8"))
+            saved = LearnerConfig.from_dict(meta["config"])
+            layer, classes = meta["latent_layer"], int(meta["classes"])
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # damaged: loading it reports that, with what to do
+        diff = [f"latent layer {layer}, not {spec.latent_layer}"] if layer != spec.latent_layer else []
+        diff += [f"{classes} classes, not {p.classes}"] if classes != p.classes else []
+        now = p.config.to_dict()
+        diff += [f"{k}={v}, not {now.get(k)}" for k, v in sorted(saved.to_dict().items()) if now.get(k) != v]
+        if diff:
+            shown = ", ".join(diff[:4]) + (", ..." if len(diff) > 4 else "")
+            raise RunError(f"{out} holds run {p.run} saved with other settings ({shown}): {again}")
+
+
+def run_one(p: Prepared, spec: RunSpec, args: argparse.Namespace, out: Path, progress: bool,
+            saved: Optional[Saved] = None) -> dict:
     """One NICv2 run (or synthetic seed): returns {'run', 'batches': [...], 'complete'}."""
     from .engine import Back, Front
     from .learn import Learner
-    from .state import load_state, save_state
+    from .state import StateError, load_state, save_state
     from .pool import make_pool
     from .memory import peak_rss_mb
 
-    scenario = make_scenario(spec, args, run)
-    classes = args.classes or scenario.num_classes
-    artifacts, manifest = ensure_artifacts(args, spec, classes, out, scenario.input_size)
-    config = make_config(spec, args, seed=args.seed + run)
+    run, scenario, config = p.run, p.scenario, p.config
+    saved = saved if saved is not None else Saved()
+    artifacts, manifest = ensure_artifacts(args, spec, p.classes, out, scenario.input_size)
     front = Front(artifacts, manifest, args.device, args.threads, args.spin)
     back = Back(artifacts, manifest, args.device, args.threads, args.spin)
     device = "cuda" if front.device == "cuda" else "cpu"
@@ -328,13 +448,22 @@ def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progre
             state = load_state(state_dir)
         except FileNotFoundError:
             state = None
+        except StateError as e:
+            raise RunError(f"{e}; {'or ' if e.previous else ''}use --fresh to start over") from None
         if state is not None:
             try:
                 learner.load_state_dict(state)
             except ValueError as e:
                 raise RunError(f"{out} holds a run with other settings ({e}); use another --out or --fresh") from None
             records = list(state["meta"].get("records", []))
+            del state
     start = len(records)
+    saved.batches[run] = (start, scenario.n_batches)
+    if start >= scenario.n_batches:
+        print(f"run {run}: already complete ({start} of {scenario.n_batches} batches in {state_dir}); "
+              f"--fresh starts over", file=sys.stderr)
+    elif start:
+        print(f"run {run}: resuming at batch {start} of {scenario.n_batches} (state in {state_dir})", file=sys.stderr)
     test = scenario.test_set()
     _check_labels(test.labels, manifest.classes, "test set")
     cache = LatentCache(front, test)
@@ -365,6 +494,7 @@ def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progre
             state = learner.state_dict()
             state["meta"]["records"] = records
             save_state(state, state_dir)
+            saved.batches[run] = (len(records), scenario.n_batches)
         if bar is not None:
             bar.set_postfix(acc=f"{100 * accuracy:.1f}%", train=f"{stats['time']:.1f}s")
             bar.update(1)
@@ -376,25 +506,36 @@ def run_one(run: int, spec: RunSpec, args: argparse.Namespace, out: Path, progre
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from ..atomic import write_json_atomic
-    from .results import load_results, plot_accuracy, summarize, table
+    from ..folders import FolderLock
 
     spec = _resolve_spec(args)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot write to {out}: {e.strerror or e}") from None
+    out = Path(args.out) if args.out else default_out(spec)
+    prepared = _prepare(spec, args, out)  # every check that needs no write, before the first write
     if spec.core50 is None:
         print(f"no CORe50 path: running the built-in synthetic stream ({args.synthetic_size}px, difficulty "
               f"{args.synthetic_difficulty}; method {spec.method} at {spec.latent_layer}, M={spec.replay_memory}, "
               f"lr {SYNTHETIC_SETTINGS['lr_first']}, BRN momentum {SYNTHETIC_SETTINGS['brn_momentum_later']} "
               f"unless --set)", file=sys.stderr)
+    if not args.out:
+        print(f"output folder: {out} (--out to choose another)", file=sys.stderr)
+    saved = Saved()
+    with FolderLock(out, "--out"):
+        _check_existing(out, spec, args, prepared)  # again, now that no other process can change it
+        try:
+            return _run_all(spec, args, out, prepared, saved)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(saved.message(out)) from None
+
+
+def _run_all(spec: RunSpec, args: argparse.Namespace, out: Path, prepared: List[Prepared], saved: Saved) -> int:
+    from ..atomic import write_json_atomic
+    from .results import load_results, plot_accuracy, summarize, table
+
     results_path = out / "results.json"
-    previous = load_results(results_path) or {}
+    previous = {} if args.fresh else load_results(results_path) or {}
     runs: List[dict] = []
-    for run in spec.runs:
-        result = run_one(run, spec, args, out, progress=not args.quiet)
+    for p in prepared:
+        result = run_one(p, spec, args, out, progress=not args.quiet, saved=saved)
         runs.append(result)
         done = {r["run"]: r for r in (previous.get("runs") or [])}
         done.update({r["run"]: r for r in runs})

@@ -568,12 +568,17 @@ def _learner_dir(args: argparse.Namespace) -> Path:
 
 
 def _saved_state(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    from .state import load_state
+    from .state import StateError, load_state
 
+    if args.fresh:
+        return None
     try:
         return load_state(_learner_dir(args))
     except FileNotFoundError:
         return None
+    except StateError as e:
+        raise StreamError(f"{e}; {'or ' if e.previous else ''}start over with --fresh (it replaces the saved "
+                          f"learner) or use another --state") from None
     except (OSError, ValueError, KeyError) as e:
         raise StreamError(f"the saved state in {_learner_dir(args)} is unreadable ({e}); "
                           f"remove it or use another --state") from None
@@ -714,29 +719,100 @@ def _check_args(args: argparse.Namespace) -> None:
         raise StreamError("--reconnect-seconds and --max-frames must be >= 0")
 
 
+STATE_MARKERS = ("learner", ".learner.previous", "artifacts/manifest.json")  # what makes a folder a --state
+
+
+class PrimedSource:
+    """A source whose first frame was read at start-up -- so that a source that delivers nothing
+    (a text file OpenCV 'opens', a camera that gives no image) fails before anything is written --
+    and is handed out again as the first frame of the loop."""
+
+    def __init__(self, source: Any, first: np.ndarray) -> None:
+        self.source, self._first = source, first
+
+    def read(self) -> Optional[np.ndarray]:
+        if self._first is not None:
+            frame, self._first = self._first, None
+            return frame
+        return self.source.read()
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.source, name)
+
+
+def open_primed(spec: str, input_size: int, seed: int = 0, wait_s: float = 3.0) -> PrimedSource:
+    """`open_source` plus its first frame (a live camera gets `wait_s` to deliver it); SourceError
+    when there is none."""
+    source = open_source(spec, input_size, seed)
+    deadline = time.monotonic() + (wait_s if getattr(source, "is_live", False) else 0.0)
+    frame = source.read()
+    while frame is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        frame = source.read()
+    if frame is None:
+        source.close()
+        raise SourceError(f"--source {spec} delivered no frame (not a video, an empty one, or a camera that "
+                          f"sends no images)")
+    return PrimedSource(source, frame)
+
+
+def _check_plan(args: argparse.Namespace, method: str, saved: Optional[Dict[str, Any]]) -> None:
+    """What would otherwise fail only after exporting: the learner settings (--lr, --epochs), the
+    latent layer and its fit with the method, the --artifacts folder."""
+    from ..export.manifest import Manifest
+
+    layer = args.latent_layer or (saved["meta"]["latent_layer"] if saved else None)
+    if args.artifacts:
+        manifest = Manifest.load(Path(args.artifacts))
+        manifest.check_latent_layer(layer)
+        layer = manifest.latent_layer
+    layer = layer or ("pool6" if method == "cwr" else net.DEFAULT_LATENT_LAYER)
+    try:
+        net.check_latent_layer(layer)
+    except ValueError as e:
+        raise StreamError(str(e)) from None
+    if saved is None:
+        try:
+            make_config(args, method).check_compatible(layer)
+        except ValueError as e:
+            raise StreamError(str(e)) from None
+
+
 def stream_command(args: argparse.Namespace) -> int:
+    from ..folders import FolderLock, check_folder
     from .engine import Back, Front
+    from .state import check_replaceable
     from .teacher import Teacher
 
     _check_args(args)
     schedule = load_schedule(args.schedule) if args.schedule else None
+    from .runner import RUN_MARKERS
+
+    check_folder(Path(args.state), STATE_MARKERS, "--state", "a stream state (no learner/ or artifacts/)",
+                 others=[(RUN_MARKERS[:2], "the output folder of `latent-replay run`")])
+    check_replaceable(_learner_dir(args))
     saved = _saved_state(args)
     method = args.method or (saved["meta"]["config"]["method"] if saved else "cwr")
+    _check_plan(args, method, saved)
     _check_display(args)  # no window support fails before any export
-    source = open_source(args.source, _input_size(args), args.seed)  # a bad camera fails before any export
+    source = open_primed(args.source, _input_size(args), args.seed)  # a bad camera fails before any export
     try:
-        artifacts, manifest = resolve_artifacts(args, method, saved)
-        learner = build_learner(args, artifacts, manifest, saved)
-        book = _book_from(saved, int(manifest.classes), schedule)
-        live = Back(artifacts, manifest, args.device, args.threads, spin=False)
-        live.load_parameters(learner.params)
-        predictor = LivePredictor(Front(artifacts, manifest, args.device, args.threads, spin=False), live, book,
-                                  args.smooth)
-        predictor.version = learner.batches_trained
-        log = EventLog(args.log)
-        print(f"stream: {args.source} -> {manifest.latent_layer} ({learner.config.method}), "
-              f"{len(book.known)} known classes, state {args.state}", file=sys.stderr)
-        _run(args, source, predictor, learner, book, schedule, log, Teacher)
+        with FolderLock(Path(args.state), "--state"):
+            artifacts, manifest = resolve_artifacts(args, method, saved)
+            learner = build_learner(args, artifacts, manifest, saved)
+            book = _book_from(saved, int(manifest.classes), schedule)
+            live = Back(artifacts, manifest, args.device, args.threads, spin=False)
+            live.load_parameters(learner.params)
+            predictor = LivePredictor(Front(artifacts, manifest, args.device, args.threads, spin=False), live, book,
+                                      args.smooth)
+            predictor.version = learner.batches_trained
+            log = EventLog(args.log)
+            print(f"stream: {args.source} -> {manifest.latent_layer} ({learner.config.method}), "
+                  f"{len(book.known)} known classes, state {args.state}", file=sys.stderr)
+            _run(args, source, predictor, learner, book, schedule, log, Teacher)
     finally:
         source.close()
     return 0
@@ -800,7 +876,10 @@ def add_stream_command(sub: argparse._SubParsersAction) -> None:
                    help="camera index (default 0), /dev/videoN, a GStreamer pipeline (ending in appsink), a video "
                         "file, or synthetic[:N] for the built-in synthetic objects")
     p.add_argument("--state", default="stream-state",
-                   help="folder with the learner state (and the exported artifacts); default ./stream-state")
+                   help="folder with the learner state (and the exported artifacts); default ./stream-state. "
+                        "Must be new, empty or a state folder of this demo")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: ignore the learner saved in --state (it is replaced at the first save)")
     p.add_argument("--artifacts", help="reuse exported artifacts instead of exporting into STATE/artifacts")
     p.add_argument("--latent-layer", "--latent_layer", dest="latent_layer", default=None,
                    help="latent layer when exporting (default pool6 for cwr, conv5_4/dw for ar1free/ar1)")

@@ -58,8 +58,10 @@ class Learner:
             self.si = SynapticIntelligence(names, back.parameters(names), self.config)
         self.brn = BrnSchedule(self.config)
         self.pool = pool if pool is not None else self._make_pool()
-        self._on_device = (getattr(self.pool, "builds_minibatches", False)
-                           and getattr(self.pool, "device", None) == getattr(back, "device", "cpu"))
+        # A pool that assembles minibatches as OrtValues on the engine's device (the CUDA pool)
+        # hands them over without a trip through the host.
+        self._on_device = (hasattr(self.pool, "minibatch_ortvalue")
+                           and getattr(self.pool, "ort_device", None) == getattr(back, "device", "cpu"))
         self._rng = np.random.default_rng([self.config.seed, 1])
         self._seen: Tuple[List[np.ndarray], List[np.ndarray]] = ([], [])  # cumulative: every pattern
         self.hooks: List[LearnerHooks] = list(hooks)

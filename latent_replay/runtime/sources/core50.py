@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .base import FrameBatch, Scenario, SourceError
+from .video import quiet_opencv_logs
 
 SCENARIOS = (391, 196, 79)
 TEST_SETS = ("reduced", "full")
@@ -139,6 +140,23 @@ class Core50Scenario(Scenario):
         if not test:
             raise SourceError(f"the {test_set} test list is missing from {filelists or SHIPPED_FILELISTS}")
         self._test = test
+        self._checked = False
+
+    def check_images(self, sample: int = 5) -> None:
+        """Raise SourceError if the folder does not hold CORe50 (the first few listed images of the
+        first batch and the test set are all missing): one clear error before any decoding, instead
+        of an unreadable-image error per listed image. Done before the first decode, and by the
+        runner before it writes anything."""
+        if self._checked:
+            return
+        listed = [p for p, _ in self.lists.batches[0][:sample]] if self.lists.batches else []
+        listed += [p for p, _ in self._test[:sample]]
+        missing = [p for p in listed if not (self.root / p).is_file()]
+        if listed and len(missing) == len(listed):
+            raise SourceError(f"{self.root} does not hold the CORe50 images ({self.root / missing[0]} and the other "
+                              f"first listed images are missing); download core50_128x128.zip from {CORE50_URL}, "
+                              f"unzip it and pass the folder that holds core50_128x128/")
+        self._checked = True
 
     @property
     def n_batches(self) -> int:
@@ -153,10 +171,15 @@ class Core50Scenario(Scenario):
         return len(self._test)
 
     def _read(self, rel: str) -> Optional[np.ndarray]:
-        img = cv2.imread(str(self.root / rel), cv2.IMREAD_COLOR)
+        path = self.root / rel
+        if not path.is_file():  # OpenCV would print a warning of its own for each
+            return None
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         return None if img is None else _resize(img, self.input_size)
 
     def _decode(self, entries: Tuple[Entry, ...], name: str) -> FrameBatch:
+        self.check_images()
+        quiet_opencv_logs()  # a corrupt image is reported by us, once, with its path
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as ex:
             images = list(ex.map(self._read, [p for p, _ in entries]))
         keep: List[int] = []
@@ -167,7 +190,7 @@ class Core50Scenario(Scenario):
             path = self.root / entries[k][0]
             why = "is missing" if not path.is_file() else "is corrupt or not an image"
             if not self.skip_bad_images:
-                raise SourceError(f"CORe50 image {path} {why} (use skip_bad_images to skip it)")
+                raise SourceError(f"CORe50 image {path} {why} (pass --skip-bad-images to skip and count such images)")
             self.bad_images += 1
             self.bad_paths.append(str(path))
         s = self.input_size

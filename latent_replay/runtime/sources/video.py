@@ -11,6 +11,16 @@ import numpy as np
 from .base import SourceError
 
 
+def quiet_opencv_logs() -> None:
+    """Keep OpenCV's own warnings ("[ WARN] ... can't open/read file") out of the user's terminal
+    for good: every failure they describe reaches the user as our own one-line error."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is not None:
+        log.setLogLevel(log.LOG_LEVEL_ERROR)
+    elif hasattr(cv2, "setLogLevel"):  # older builds: 3 = error
+        cv2.setLogLevel(3)
+
+
 @contextmanager
 def _quiet_opencv() -> Iterator[None]:
     log = getattr(getattr(cv2, "utils", None), "logging", None)

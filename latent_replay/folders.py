@@ -1,0 +1,143 @@
+"""Output folders: which ones a command may write or replace, and one writer per folder.
+
+Every command that writes a folder (`export --out`, `run --out`, `stream --state`) asks here
+first. A folder that does not exist, is empty, or holds what the command itself writes (recognised
+by its marker files) may be written; anything else -- a folder with the user's own files, a file --
+is refused before anything is touched. `FolderLock` keeps a second process out of a folder that one
+process is writing (an advisory lock on a file inside it, released on exit).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".latent-replay.lock"
+
+
+class FolderError(ValueError):
+    """An output folder that must not be written (not ours, or in use): one line for the user."""
+
+
+def absolute(path: Union[str, "os.PathLike[str]"], option: str) -> Path:
+    """`path` made absolute with '.', '..' and links resolved (so that `inner/..` has a name)."""
+    try:
+        return Path(os.path.expanduser(str(path))).resolve()
+    except (OSError, RuntimeError) as e:
+        raise FolderError(f"{option} {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def refuse_current_folder(path: Path, option: str, shown: str, example: str) -> None:
+    """A folder that is replaced as a whole must not be the working folder or one above it."""
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents or not path.name:
+        where = "the current folder" if path == cwd else "a folder above the current one"
+        raise FolderError(f"{option} {shown} is {where}, which would be replaced as a whole; "
+                          f"name a new folder, e.g. {option} {example}")
+
+
+def _matches(path: Path, names: Sequence[str], markers: Sequence[str]) -> Optional[str]:
+    """The first marker found: a name pattern ('run[0-9]') or a relative path ('artifacts/manifest.json')."""
+    for marker in markers:
+        if "/" in marker:
+            if (path / marker).exists():
+                return marker
+            continue
+        hit = next((n for n in names if fnmatch.fnmatchcase(n, marker)), None)
+        if hit is not None:
+            return hit
+    return None
+
+
+def check_folder(path: Path, markers: Sequence[str], option: str, what: str,
+                 others: Sequence[Tuple[Sequence[str], str]] = ()) -> None:
+    """Refuse (FolderError) unless `path` is missing, empty, or holds one of `markers` (file or
+    folder names, shell patterns allowed; or relative paths) -- i.e. is a `what` written by this
+    package. `others`: (markers, description) of our other kinds of folders, refused as such (a run
+    folder given as a stream state must not have its artifacts replaced)."""
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise FolderError(f"{option} {path} exists and is not a folder; choose another {option}")
+    try:
+        names = sorted(n for n in os.listdir(path) if n != LOCK_NAME)
+    except OSError as e:
+        raise FolderError(f"cannot read {option} {path}: {e.strerror or e}") from None
+    for other, description in others:
+        if _matches(path, names, other) is not None:
+            raise FolderError(f"{option} {path} is {description}, not {what.split(' (')[0]}; choose another {option}")
+    if not names or _matches(path, names, markers) is not None:
+        return
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise FolderError(f"{option} {path} already holds other files ({shown}) and is not {what}; refusing to "
+                      f"write there so that nothing of yours is replaced: choose a new or empty folder")
+
+
+class FolderLock:
+    """Create `folder` if needed and hold an exclusive advisory lock on a file inside it, so that
+    a second process writing the same folder refuses instead of interleaving saves. On release, a
+    folder this lock created and that still holds nothing else is removed again (a failed start
+    leaves no empty folder behind). Without fcntl (Windows) the folder is created but not locked."""
+
+    def __init__(self, folder: Path, option: str) -> None:
+        self.folder, self.option = Path(folder), option
+        self._file = None
+        self._created: List[Path] = []
+
+    def __enter__(self) -> "FolderLock":
+        missing, p = [], self.folder
+        while not os.path.lexists(p) and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._created = missing
+            self._file = open(self.folder / LOCK_NAME, "a+", encoding="utf-8")
+        except OSError as e:
+            self._cleanup()
+            raise FolderError(f"cannot write to {self.option} {self.folder}: {e.strerror or e}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._file.seek(0)
+                holder = self._file.read().strip()
+                self._file.close()
+                self._file = None
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise FolderError(f"{self.option} {self.folder} is in use by another latent-replay process{who}; "
+                                  f"wait for it to finish or choose another {self.option}") from None
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(str(os.getpid()))
+            self._file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Unlock (closing the file releases the lock) and remove a folder we created and left empty."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for folder in self._created:  # innermost first
+            try:
+                names = os.listdir(folder)
+                if names == [LOCK_NAME]:
+                    os.unlink(folder / LOCK_NAME)
+                elif names:
+                    break
+                os.rmdir(folder)
+            except OSError:
+                break
+        self._created = []

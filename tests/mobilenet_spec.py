@@ -1,0 +1,123 @@
+"""MobileNetV1 written down for the tests, independently of `latent_replay.models.mobilenet_v1`.
+
+Typed from the MobileNetV1 paper (Howard et al. 2017, Table 1: "MobileNet Body Architecture") and
+ALGORITHMS.md section 1, with the Caffe layer names and a 128x128 input. The paper lists the
+last depthwise conv with stride 2 on a 7x7 input and a 7x7 output; every implementation (Caffe,
+pytorchcv, timm) and ALGORITHMS.md use stride 1 there (conv6/dw: 1024x4x4 -> 1024x4x4).
+
+Every row: name, kind, in channels, out channels, stride, input H=W, output H=W. Kinds: "conv" (3x3
+full conv, padding 1), "dw" (3x3 depthwise, padding 1, groups = channels), "sep" (1x1 pointwise,
+padding 0). Nothing here is computed from the package: `torch_oracle` builds its reference network
+from this table, and `test_layer_spec.py` checks the package's layer table against it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+INPUT = 128
+
+SPEC: List[Tuple[str, str, int, int, int, int, int]] = [
+    # name          kind    in    out  stride in_hw out_hw
+    ("conv1",       "conv", 3,    32,   2,   128,  64),
+    ("conv2_1/dw",  "dw",   32,   32,   1,   64,   64),
+    ("conv2_1/sep", "sep",  32,   64,   1,   64,   64),
+    ("conv2_2/dw",  "dw",   64,   64,   2,   64,   32),
+    ("conv2_2/sep", "sep",  64,   128,  1,   32,   32),
+    ("conv3_1/dw",  "dw",   128,  128,  1,   32,   32),
+    ("conv3_1/sep", "sep",  128,  128,  1,   32,   32),
+    ("conv3_2/dw",  "dw",   128,  128,  2,   32,   16),
+    ("conv3_2/sep", "sep",  128,  256,  1,   16,   16),
+    ("conv4_1/dw",  "dw",   256,  256,  1,   16,   16),
+    ("conv4_1/sep", "sep",  256,  256,  1,   16,   16),
+    ("conv4_2/dw",  "dw",   256,  256,  2,   16,   8),
+    ("conv4_2/sep", "sep",  256,  512,  1,   8,    8),
+    ("conv5_1/dw",  "dw",   512,  512,  1,   8,    8),
+    ("conv5_1/sep", "sep",  512,  512,  1,   8,    8),
+    ("conv5_2/dw",  "dw",   512,  512,  1,   8,    8),
+    ("conv5_2/sep", "sep",  512,  512,  1,   8,    8),
+    ("conv5_3/dw",  "dw",   512,  512,  1,   8,    8),
+    ("conv5_3/sep", "sep",  512,  512,  1,   8,    8),
+    ("conv5_4/dw",  "dw",   512,  512,  1,   8,    8),
+    ("conv5_4/sep", "sep",  512,  512,  1,   8,    8),
+    ("conv5_5/dw",  "dw",   512,  512,  1,   8,    8),
+    ("conv5_5/sep", "sep",  512,  512,  1,   8,    8),
+    ("conv5_6/dw",  "dw",   512,  512,  2,   8,    4),
+    ("conv5_6/sep", "sep",  512,  1024, 1,   4,    4),
+    ("conv6/dw",    "dw",   1024, 1024, 1,   4,    4),
+    ("conv6/sep",   "sep",  1024, 1024, 1,   4,    4),
+]
+
+# Weight shapes (OIHW), typed out rather than derived from the rows above.
+WEIGHT_SHAPES = {
+    "conv1": (32, 3, 3, 3),
+    "conv2_1/dw": (32, 1, 3, 3), "conv2_1/sep": (64, 32, 1, 1),
+    "conv2_2/dw": (64, 1, 3, 3), "conv2_2/sep": (128, 64, 1, 1),
+    "conv3_1/dw": (128, 1, 3, 3), "conv3_1/sep": (128, 128, 1, 1),
+    "conv3_2/dw": (128, 1, 3, 3), "conv3_2/sep": (256, 128, 1, 1),
+    "conv4_1/dw": (256, 1, 3, 3), "conv4_1/sep": (256, 256, 1, 1),
+    "conv4_2/dw": (256, 1, 3, 3), "conv4_2/sep": (512, 256, 1, 1),
+    "conv5_1/dw": (512, 1, 3, 3), "conv5_1/sep": (512, 512, 1, 1),
+    "conv5_2/dw": (512, 1, 3, 3), "conv5_2/sep": (512, 512, 1, 1),
+    "conv5_3/dw": (512, 1, 3, 3), "conv5_3/sep": (512, 512, 1, 1),
+    "conv5_4/dw": (512, 1, 3, 3), "conv5_4/sep": (512, 512, 1, 1),
+    "conv5_5/dw": (512, 1, 3, 3), "conv5_5/sep": (512, 512, 1, 1),
+    "conv5_6/dw": (512, 1, 3, 3), "conv5_6/sep": (1024, 512, 1, 1),
+    "conv6/dw": (1024, 1, 3, 3), "conv6/sep": (1024, 1024, 1, 1),
+}
+
+# ALGORITHMS.md section 1 (analytic, 128x128, 50 classes): multiply-adds and parameters.
+TOTAL_MACS_M = 185.4
+TOTAL_PARAMS_M = 3.26  # with the 1024 x 50 head, without bias
+CONV5_4_FRONT_MACS_M, CONV5_4_BACK_MACS_M, CONV5_4_BACK_PARAMS_M = 126.1, 59.3, 2.18
+
+# The valid latent layers (the seed's list_layers) and their pattern shapes at 128x128.
+LATENT_SHAPES = {
+    "data": (128, 128, 3),
+    "conv2_1/dw": (32, 64, 64), "conv2_2/dw": (64, 32, 32), "conv3_1/dw": (128, 32, 32),
+    "conv3_2/dw": (128, 16, 16), "conv4_1/dw": (256, 16, 16), "conv4_2/dw": (256, 8, 8),
+    "conv5_1/dw": (512, 8, 8), "conv5_2/dw": (512, 8, 8), "conv5_3/dw": (512, 8, 8),
+    "conv5_4/dw": (512, 8, 8), "conv5_5/dw": (512, 8, 8), "conv5_6/dw": (512, 4, 4),
+    "conv6/dw": (1024, 4, 4), "pool6": (1024,),
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row of SPEC with what a convolution call needs."""
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    in_hw: int
+    out_hw: int
+
+    @property
+    def kernel(self) -> int:
+        return 1 if self.kind == "sep" else 3
+
+    @property
+    def padding(self) -> int:
+        return 0 if self.kind == "sep" else 1
+
+    @property
+    def group(self) -> int:
+        return self.in_channels if self.kind == "dw" else 1
+
+
+LAYERS: List[Layer] = [Layer(*row) for row in SPEC]
+
+
+def split(latent_layer: str) -> Tuple[List[Layer], List[Layer]]:
+    """Layers up to and including the latent layer (the front) and after it (the back)."""
+    if latent_layer == "data":
+        return [], list(LAYERS)
+    if latent_layer == "pool6":
+        return list(LAYERS), []
+    names = [layer.name for layer in LAYERS]
+    if latent_layer not in names or not latent_layer.endswith("/dw"):
+        raise ValueError(f"not a latent layer: {latent_layer}")
+    k = names.index(latent_layer) + 1
+    return LAYERS[:k], LAYERS[k:]
