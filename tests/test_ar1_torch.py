@@ -102,4 +102,5 @@ def test_engine_sgd_matches_torch_with_multipliers_and_frozen(artifacts):
     for name in active:
         expected = ref.p(name).detach().numpy()
         change = np.abs(expected - initial[name]).max()
-        assert change > 0 and np.abs(back.get(name) - expected).max() <= TOL * change, name
+        # a wrong multiplier, decay or momentum is off by O(1) x the change; float32 rounding by < 1%
+        assert change > 0 and np.abs(back.get(name) - expected).max() <= 1e-2 * change, name
