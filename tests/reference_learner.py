@@ -49,6 +49,10 @@ class ReferenceLearner:
 
     def __init__(self, initial: Mapping[str, np.ndarray], config, latent_layer: str, classes: int,
                  si: Optional[bool] = None) -> None:
+        implemented = {"brn_ramp": "pytorch", "frozen_weights": (), "replay_shuffle": "none", "shuffle_each_epoch": False,
+                       "freeze_brn_stats": False, "cwr_unseen_rows": "trained", "storage": "fp32", "replay": "latent"}
+        other = {k: getattr(config, k) for k, v in implemented.items() if getattr(config, k) != v}
+        assert config.method in ("ar1free", "ar1") and not other, f"not implemented by the reference: {other}"
         self.cfg = config
         self.classes = classes
         self.model = torch_oracle.TorchBack({k: np.asarray(v) for k, v in initial.items()}, latent_layer)

@@ -268,6 +268,7 @@ def test_gpu_front_not_listed_is_skipped(front_spec):
     assert set(out) == {"skipped"}
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider")  # ORT warns, then falls back to the CPU
 @pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "TensorrtExecutionProvider"])
 def test_gpu_front_listed_but_not_running_is_an_error(front_spec, provider):
     """A provider the build lists but that does not load (here: a CPU build told it has one; ORT then
