@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from latent_replay.bench.run import main  # noqa: E402
+from latent_replay.apps.bench.command import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

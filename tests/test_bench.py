@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from latent_replay.bench import core, run
-from latent_replay.bench import torch_baseline as tb
+from latent_replay.apps.bench import command as run, probes as core, report, workers
+from latent_replay.apps.bench import torch_baseline as tb
 import mobilenet_spec as spec
 
 
@@ -45,7 +45,7 @@ def _front_macs(layer: str) -> int:
     return macs + (1024 * 4 * 4 if layer == "pool6" else 0)  # global average pool: one add per value
 
 
-def _back_macs(layer: str, classes: int = run.CLASSES) -> int:
+def _back_macs(layer: str, classes: int = workers.CLASSES) -> int:
     _, back = spec.split(layer)
     macs = sum(int(np.prod(spec.WEIGHT_SHAPES[l.name])) * l.out_hw ** 2 for l in back)
     return macs + (0 if layer == "pool6" else 1024 * 4 * 4) + 1024 * classes
@@ -58,7 +58,7 @@ def _provider_checked(ours: dict) -> None:
     for provider, key in (("CUDAExecutionProvider", "cuda"), ("TensorrtExecutionProvider", "tensorrt")):
         if provider in ort.get_available_providers():
             assert "error" not in ours[key] and "skipped" not in ours[key], ours[key]
-            _check_latency(ours[key]["latency_b1_s"], run.QUICK["iters"])
+            _check_latency(ours[key]["latency_b1_s"], workers.QUICK["iters"])
         else:
             assert set(ours[key]) == {"skipped"}, ours[key]
 
@@ -72,7 +72,7 @@ def check_results(r: dict, layers, storages) -> None:
     d = r["derived"]
     assert d["errors"] == []
     assert _pos(r["gemm"]["macs_per_s"])
-    q = run.QUICK
+    q = workers.QUICK
     groups = (q["n_new"] + q["memory"]) // 128
     new = q["n_new"] // groups
     plan = (new, 128 - new, q["n_new"] // new)
@@ -107,8 +107,8 @@ def check_results(r: dict, layers, storages) -> None:
                 assert _pos(o[key]), key
             _check_latency(o["step_s"], plan[2])
             assert db[storage]["mac_rate_batch"]["macs"] == \
-                q["n_new"] * _front_macs(layer) + plan[2] * 128 * run.BACK_TRAIN_FACTOR * _back_macs(layer)
-            assert db[storage]["mac_rate_step"]["macs"] == 128 * run.BACK_TRAIN_FACTOR * _back_macs(layer)
+                q["n_new"] * _front_macs(layer) + plan[2] * 128 * workers.BACK_TRAIN_FACTOR * _back_macs(layer)
+            assert db[storage]["mac_rate_step"]["macs"] == 128 * workers.BACK_TRAIN_FACTOR * _back_macs(layer)
             assert set(o["breakdown"]) == {"engine_steps_s", "other_s"}
         if "fp32" in storages and "uint8" in storages:
             u = db["uint8_vs_fp32"]
@@ -215,7 +215,7 @@ def _made_up_results() -> dict:
 
 def test_derived_ratios_and_targets_on_known_figures():
     r = _made_up_results()
-    run.derive(r)
+    report.derive(r)
     d = r["derived"]
     front_macs = _front_macs("conv5_4/dw")
     assert round(front_macs / 1e6, 1) == 126.1  # ALGORITHMS.md section 1
@@ -245,7 +245,7 @@ def test_derived_ratios_and_targets_on_known_figures():
 def test_an_error_anywhere_is_reported_and_fails_the_command():
     r = _made_up_results()
     r["front"]["conv5_4/dw"]["ours"]["cuda"] = {"error": "CUDAExecutionProvider is listed but failed"}
-    run.derive(r)
+    report.derive(r)
     assert r["derived"]["errors"] == ["front.conv5_4/dw.ours.cuda: CUDAExecutionProvider is listed but failed"]
 
 
@@ -264,7 +264,7 @@ def front_spec(tmp_path_factory):
 
 def test_gpu_front_not_listed_is_skipped(front_spec):
     spec_, frames = front_spec
-    out = run._gpu_front(spec_, frames, "CUDAExecutionProvider", ["CPUExecutionProvider"])
+    out = workers._gpu_front(spec_, frames, "CUDAExecutionProvider", ["CPUExecutionProvider"])
     assert set(out) == {"skipped"}
 
 
@@ -278,7 +278,7 @@ def test_gpu_front_listed_but_not_running_is_an_error(front_spec, provider):
     if provider in ort.get_available_providers():
         pytest.skip(f"{provider} really is available here")
     spec_, frames = front_spec
-    out = run._gpu_front(spec_, frames, provider, [provider, "CPUExecutionProvider"])
+    out = workers._gpu_front(spec_, frames, provider, [provider, "CPUExecutionProvider"])
     assert "skipped" not in out and provider in out["error"] and "CPUExecutionProvider" in out["error"]
 
 
@@ -290,7 +290,7 @@ def test_gpu_front_that_raises_is_an_error(front_spec, monkeypatch):
 
     monkeypatch.setattr(ort, "InferenceSession", broken)
     spec_, frames = front_spec
-    out = run._gpu_front(spec_, frames, "CUDAExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    out = workers._gpu_front(spec_, frames, "CUDAExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert set(out) == {"error"} and "libcudnn" in out["error"]
 
 

@@ -53,7 +53,7 @@ def test_export_to_a_path_with_dots_that_names_a_new_folder(tmp_path, capsys):
     (["--threads", "-1"], ("--threads",)),
 ])
 def test_bench_arguments_are_checked_up_front(tmp_path, capsys, monkeypatch, args, words):
-    from latent_replay.bench import run as bench
+    from latent_replay.apps.bench import command as bench
 
     def must_not_run(*a, **k):
         raise AssertionError("the benchmark started")
@@ -75,7 +75,7 @@ def test_bench_bad_layers_in_a_real_process_exits_2(tmp_path):
                            "--out", str(tmp_path / "b")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "unknown latent layer foo" in only_line(proc.stderr, "bench")
-    from latent_replay.bench import run as bench
+    from latent_replay.apps.bench import command as bench
 
     with pytest.raises(SystemExit) as e:
         bench.check_arguments(build_parser().parse_args(["bench", "--layers", "foo"]))
@@ -162,11 +162,11 @@ def test_a_missing_or_corrupt_core50_image_is_named_once_with_the_real_flag(tmp_
     (root / "s1" / "o1" / "C_01_01_001.png").unlink()
     load_filelists.cache_clear()
     with pytest.raises(SourceError) as e:
-        Core50Scenario(root, filelists=lists, input_size=32).train_batch(0)
+        Core50Scenario(root, filelists=lists, input_size=32).load_batch(0)
     assert "C_01_01_001.png is missing" in str(e.value) and "--skip-bad-images" in str(e.value)
     (root / "s1" / "o2" / "C_01_02_000.png").write_bytes(b"not a png")
     with pytest.raises(SourceError, match="C_01_02_000.png is corrupt.*--skip-bad-images"):
-        Core50Scenario(root, filelists=lists, input_size=32).train_batch(1)
+        Core50Scenario(root, filelists=lists, input_size=32).load_batch(1)
     assert "WARN" not in capfd.readouterr().err  # OpenCV's own warnings stay out of the terminal
 
 

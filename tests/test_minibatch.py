@@ -10,7 +10,7 @@ import pytest
 from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.learn import Learner
 from latent_replay.runtime.learn.replay import MinibatchPlan, plan_minibatches
-from latent_replay.runtime.pool import ReplayPool
+from latent_replay.runtime.replay.pool import ReplayPool
 
 HEAD = "mid_fc7/weight"
 CLASSES = 10

@@ -256,7 +256,7 @@ def test_the_scan_sees_the_ort_code(scanned):
     """The scan finds the files and calls it must see (guards the scanner itself)."""
     files = {s.path.relative_to(PACKAGE).as_posix() for s in scanned}
     assert {"runtime/engine/step.py", "runtime/engine/session.py", "runtime/engine/ort_training.py",
-            "runtime/pool_cuda.py", "bench/run.py", "export/exporter.py"} <= files
+            "runtime/replay/cuda.py", "apps/bench/workers.py", "export/exporter.py"} <= files
     names = {n for s in scanned for n, _ in s.names}
     assert "onnxruntime.OrtValue.ortvalue_from_shape_and_type" in names  # the CUDA pool (GPU only)
     assert "onnxruntime.InferenceSession" in names

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from latent_replay.runtime.pool import ReplayPool, make_pool
+from latent_replay.runtime.replay import ReplayPool, make_pool
 
 
 def reference_insert(rng, mem_x, mem_y, x, y, i, capacity):

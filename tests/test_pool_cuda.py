@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from latent_replay.runtime.pool import ReplayPool, make_pool
-from latent_replay.runtime.pool_cuda import cuda_available
+from latent_replay.runtime.replay import ReplayPool, make_pool
+from latent_replay.runtime.replay.cuda import cuda_available
 
 OK, REASON = cuda_available()
 pytestmark = pytest.mark.skipif(not OK, reason=f"CUDA replay pool not testable: {REASON}")
@@ -46,7 +46,7 @@ def test_cuda_state_round_trip():
     host = ReplayPool(30, shape, storage="uint8", seed=1)
     for i, (x, y) in enumerate(data[:5]):
         host.insert_batch(x, y, i)
-    from latent_replay.runtime.pool_cuda import CudaReplayPool
+    from latent_replay.runtime.replay.cuda import CudaReplayPool
     dev = CudaReplayPool.from_state_dict(host.state_dict())
     for i, (x, y) in enumerate(data[5:], start=5):
         host.insert_batch(x, y, i)

@@ -18,8 +18,8 @@ from latent_replay.export.exporter import export
 from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
 from latent_replay.runtime.learn import Learner
-from latent_replay.runtime.pool import ReplayPool
-from latent_replay.runtime.pool_cuda import OrtValueMinibatches
+from latent_replay.runtime.replay.pool import ReplayPool
+from latent_replay.runtime.replay.cuda import OrtValueMinibatches
 from helpers import make_weights
 
 

@@ -140,11 +140,10 @@ def test_export_model_refuses_a_folder_and_files_that_are_not_models(template, t
 # -- one experiment never overwrites another -------------------------------------------------------
 def test_each_experiment_has_its_own_default_folder(tmp_path, monkeypatch):
     from latent_replay.cli import build_parser
-    from latent_replay.runtime import runner
+    from latent_replay.apps.run.options import options_from_args
 
     def default(argv):
-        args = build_parser().parse_args(["run"] + argv)
-        return runner.default_out(runner._resolve_spec(args)).as_posix()
+        return options_from_args(build_parser().parse_args(["run"] + argv)).default_out().as_posix()
 
     assert default([]) == "runs/ar1free-synthetic-latent-conv5_4_dw"
     assert default(["CWR"]) == "runs/cwr-synthetic-latent-pool6"

@@ -18,7 +18,7 @@ def test_synthetic_deterministic_and_shaped():
     batches = list(a.iter_train())
     assert len(batches) == a.n_batches == 5
     for i, batch in enumerate(batches):
-        again = b.train_batch(i)
+        again = b.load_batch(i)
         np.testing.assert_array_equal(batch.frames, again.frames)
         np.testing.assert_array_equal(batch.labels, again.labels)
         assert batch.frames.dtype == np.uint8 and batch.frames.shape[1:] == (64, 64, 3)
@@ -26,11 +26,11 @@ def test_synthetic_deterministic_and_shaped():
     assert all(len(set(bt.labels)) == 1 for bt in batches[1:])
     test = a.test_set()
     assert sorted(set(test.labels)) == [0, 1, 2, 3] and len(test) == 4 * 6
-    other = SyntheticScenario.miniature(seed=4).train_batch(0)
+    other = SyntheticScenario.miniature(seed=4).load_batch(0)
     assert not np.array_equal(other.frames, batches[0].frames)
     assert len(set(a.class_names)) == a.num_classes
     with pytest.raises(SourceError):
-        a.train_batch(5)
+        a.load_batch(5)
 
 
 def _features(frames):
@@ -81,14 +81,14 @@ def test_iter_train_prefetches_next_batch():
         n_batches = 3
         class_names = ["a", "b"]
 
-        def train_batch(self, i):
+        def load_batch(self, i):
             decoded_on[i] = threading.current_thread()
             if i == 1:
                 started.set()
             return FrameBatch(np.zeros((1, 8, 8, 3), np.uint8), np.array([i % 2]), f"b{i}")
 
         def test_set(self):
-            return self.train_batch(0)
+            return self.load_batch(0)
 
     it = Slow().iter_train()
     assert next(it).name == "b0"
@@ -127,7 +127,7 @@ def test_core50_fake_tree_numeric_order(fake_core50):
     sc = Core50Scenario(tmp_path, filelists=lists, input_size=32)  # parent of core50_128x128 works
     assert sc.n_batches == 102 and sc.num_classes == 50
     for i in (0, 9, 10, 99, 100, 101):
-        batch = sc.train_batch(i)
+        batch = sc.load_batch(i)
         assert batch.labels.tolist() == [i % 50] and batch.paths[0].endswith(f"_{i:03d}.png")
         assert batch.frames.shape == (1, 32, 32, 3) and batch.frames[0, 0, 0, 0] == i  # resized, BGR
     assert [b.labels[0] for b in sc.iter_train(start=98)] == [48, 49, 0, 1]
@@ -145,16 +145,16 @@ def test_core50_bad_images(fake_core50):
         "s1/o1/C_01_01_000.png 0\ns1/o2/missing.png 1\ns1/o2/bad.png 1\n")
     load_filelists.cache_clear()
     with pytest.raises(SourceError, match="missing.png is missing"):
-        Core50Scenario(root, filelists=lists, input_size=32).train_batch(0)
+        Core50Scenario(root, filelists=lists, input_size=32).load_batch(0)
     (run / "train_batch_00_filelist.txt").write_text("s1/o2/bad.png 1\n")
     load_filelists.cache_clear()
     with pytest.raises(SourceError, match="bad.png is corrupt"):
-        Core50Scenario(root, filelists=lists, input_size=32).train_batch(0)
+        Core50Scenario(root, filelists=lists, input_size=32).load_batch(0)
     (run / "train_batch_00_filelist.txt").write_text(
         "s1/o1/C_01_01_000.png 0\ns1/o2/missing.png 1\ns1/o2/bad.png 1\n")
     load_filelists.cache_clear()
     sc = Core50Scenario(root, filelists=lists, input_size=32, skip_bad_images=True)
-    batch = sc.train_batch(0)
+    batch = sc.load_batch(0)
     assert len(batch) == 1 and sc.bad_images == 2 and batch.labels.tolist() == [0]
 
 

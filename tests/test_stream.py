@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from latent_replay.cli import main
-from latent_replay.runtime import teacher as teacher_module
+from latent_replay.apps.stream import teacher as teacher_module
 from latent_replay.runtime.learn import LearnerHooks
-from latent_replay.runtime.teacher import Teacher
+from latent_replay.apps.stream.teacher import Teacher
 
 W, H = 192, 160
 TEACH, HELD, FINAL = 40, 8, 24  # per object: taught frames, held-out frames right after, held-out at the end
@@ -246,7 +246,7 @@ class _DyingCamera:
 
 
 def test_camera_that_stops_is_retried_then_stops_with_state_saved(tmp_path, monkeypatch, capsys):
-    import latent_replay.runtime.stream as stream
+    import latent_replay.apps.stream.live as stream
     from latent_replay.runtime.sources.base import SourceError
 
     opened = []

@@ -28,7 +28,7 @@ from ..models import mobilenet_v1 as net
 from ..models.weights import MobileNetWeights
 from ..atomic import default_mode
 from . import step_graph
-from .manifest import MANIFEST_NAME, Manifest, sha256_file
+from .manifest import ENGINES, MANIFEST_NAME, Manifest, sha256_file
 
 FRONT_FILE = "front.onnx"
 BACK_DIR = "back"
@@ -41,7 +41,6 @@ ORT_TRAINING_FILES = {
     "optimizer_model": "optimizer_model.onnx",
     "checkpoint": "checkpoint",
 }
-ENGINES = ("step", "ort-training")
 
 
 class ExportError(ValueError):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 MANIFEST_NAME = "manifest.json"
+ENGINES = ("step", "ort-training")  # engines a back can be written for (`Manifest.engines`)
 FORMAT_VERSION = 2  # 2: the step-graph back (1: ORT training artifacts only)
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-from ...export.manifest import Manifest
+from ...export.manifest import ENGINES, Manifest
 from .base import BackEngine
 from .session import Front, available_device, providers_for, session_options
 
-ENGINES = ("step", "ort-training")
+
 DEFAULT_ENGINE = "step"
 
 __all__ = ["Back", "BackEngine", "ENGINES", "DEFAULT_ENGINE", "Front", "available_device", "providers_for",

@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
+from ..replay.pool import STORAGES
 from .methods import METHOD_NAMES, Method, method as method_named
 
 REPLAYS = ("no", "pure", "latent")
-STORAGES = ("fp32", "fp16", "uint8")
 PRESETS = ("pytorch", "caffe")
 BRN_RAMPS = ("pytorch", "caffe")
 REPLAY_SHUFFLES = ("none", "batch", "epoch")

@@ -72,7 +72,7 @@ class Learner:
     def _make_pool(self) -> Any:
         if not self.config.uses_memory:
             return None
-        from ..pool import ReplayPool
+        from ..replay import ReplayPool
 
         return ReplayPool(self.config.replay_memory, self.latent_shape, self.config.storage,
                           self.config.seed, self.latent_dtype)

@@ -57,12 +57,20 @@ class Scenario(abc.ABC):
         """One name per class index."""
 
     @abc.abstractmethod
-    def train_batch(self, i: int) -> FrameBatch:
+    def load_batch(self, i: int) -> FrameBatch:
         """Training batch i (0-based), decoded."""
 
     @abc.abstractmethod
     def test_set(self) -> FrameBatch:
         """The whole test set, decoded."""
+
+    def test_labels(self) -> np.ndarray:
+        """The test set's labels (sources that know them without decoding say so)."""
+        return np.asarray(self.test_set().labels, np.int64)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.test_labels())
 
     def _check_index(self, i: int) -> int:
         if not 0 <= i < self.n_batches:
@@ -75,11 +83,11 @@ class Scenario(abc.ABC):
             return
         self._check_index(start)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-            pending = pool.submit(self.train_batch, start)
+            pending = pool.submit(self.load_batch, start)
             for i in range(start, self.n_batches):
                 batch = pending.result()
                 if i + 1 < self.n_batches:
-                    pending = pool.submit(self.train_batch, i + 1)
+                    pending = pool.submit(self.load_batch, i + 1)
                 yield batch
 
     def iter_test(self, chunk: int = 512) -> Iterator[FrameBatch]:

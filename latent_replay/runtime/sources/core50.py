@@ -134,7 +134,6 @@ class Core50Scenario(Scenario):
         self.skip_bad_images = skip_bad_images
         self.workers = max(1, int(workers))
         self.bad_images = 0
-        self.bad_paths: List[str] = []
         self.lists = load_filelists(str(Path(filelists or SHIPPED_FILELISTS).resolve()), scenario, run)
         test = self.lists.test_reduced if test_set == "reduced" else self.lists.test_full
         if not test:
@@ -166,6 +165,9 @@ class Core50Scenario(Scenario):
     def class_names(self) -> List[str]:
         return list(CLASS_NAMES)
 
+    def test_labels(self) -> np.ndarray:
+        return np.array([label for _, label in self._test], np.int64)
+
     @property
     def test_size(self) -> int:
         return len(self._test)
@@ -192,13 +194,12 @@ class Core50Scenario(Scenario):
             if not self.skip_bad_images:
                 raise SourceError(f"CORe50 image {path} {why} (pass --skip-bad-images to skip and count such images)")
             self.bad_images += 1
-            self.bad_paths.append(str(path))
         s = self.input_size
         frames = np.stack([images[k] for k in keep]) if keep else np.zeros((0, s, s, 3), np.uint8)
         labels = np.array([entries[k][1] for k in keep], dtype=np.int64)
         return FrameBatch(frames, labels, name, [entries[k][0] for k in keep])
 
-    def train_batch(self, i: int) -> FrameBatch:
+    def load_batch(self, i: int) -> FrameBatch:
         return self._decode(self.lists.batches[self._check_index(i)], f"{self.name}/batch{i:03d}")
 
     def test_set(self) -> FrameBatch:

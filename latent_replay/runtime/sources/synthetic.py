@@ -209,7 +209,7 @@ class SyntheticScenario(Scenario):
         self._check_index(i)
         return [(c, 0) for c in range(self.first_classes)] if i == 0 else [self._later[i - 1]]
 
-    def train_batch(self, i: int) -> FrameBatch:
+    def load_batch(self, i: int) -> FrameBatch:
         f = self.frames_per_batch
         items = [(c, s, k) for c, s in self.batch_content(i) for k in range(f)]
         return self._frames(items, f"{self.name}/batch{i:03d}")

@@ -291,17 +291,3 @@ class ReplayPool(ReplayPoolBase):
 
     def _read_stored(self, idx: np.ndarray) -> np.ndarray:
         return self._patterns[idx]
-
-
-def make_pool(device: str, capacity: int, pattern_shape: Sequence[int], storage: str = "fp32",
-              seed: int = 0, input_dtype: Any = np.float32, **kwargs: Any) -> ReplayPoolBase:
-    """'cpu' -> ReplayPool, 'cuda' -> CudaReplayPool (RuntimeError saying why if unavailable)."""
-    if device == "cpu":
-        return ReplayPool(capacity, pattern_shape, storage, seed, input_dtype)
-    if device == "cuda":
-        from .pool_cuda import CudaReplayPool, cuda_available
-        ok, reason = cuda_available()
-        if not ok:
-            raise RuntimeError(f"CUDA replay pool unavailable: {reason}; use --device cpu")
-        return CudaReplayPool(capacity, pattern_shape, storage, seed, input_dtype, **kwargs)
-    raise ValueError(f"unknown pool device {device!r}; choose 'cpu' or 'cuda'")

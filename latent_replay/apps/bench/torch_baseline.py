@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..models import mobilenet_v1 as net
-from ..models.weights import MobileNetWeights
+from ...models import mobilenet_v1 as net
+from ...models.weights import MobileNetWeights
 
 
 def available() -> Tuple[bool, str]:
@@ -166,7 +166,7 @@ def set_threads(threads: int) -> None:
 def front_latency(weights: MobileNetWeights, latent_layer: str, frames: np.ndarray, iters: int, warmup: int,
                   batch_sizes: List[int], repeats: int) -> Dict[str, Any]:
     """Eager PyTorch front (preprocessing included, as in the ONNX front): batch-1 latency and throughput."""
-    from .core import latency, throughput
+    from .probes import latency, throughput
 
     torch, _, Front, _ = _modules()
     front = Front(weights, latent_layer)
@@ -192,8 +192,8 @@ def incremental_batch(weights: MobileNetWeights, latent_layer: str, classes: int
                       method: str = "ar1free", seed: int = 0) -> Dict[str, Any]:
     """One later incremental batch (index 1) the port's way, timed; the memory holds `memory`
     post-ReLU patterns with labels. Returns times (batch, per step, front share) and counts."""
-    from ..runtime.learn.replay import plan_minibatches
-    from .core import peak_rss_mb, percentiles, rss_mb
+    from ...runtime.learn.replay import plan_minibatches
+    from .probes import peak_rss_mb, percentiles, rss_mb
 
     torch, F, Front, Back = _modules()
     rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .learn import LearnerHooks
+from ...runtime.learn import LearnerHooks
 
 
 class YieldingProgress(LearnerHooks):

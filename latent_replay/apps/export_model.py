@@ -74,8 +74,8 @@ def add_export_model_command(sub: argparse._SubParsersAction) -> None:
 def _state_folder(given: Path) -> Path:
     """The learner state folder for --state: a state itself, or the folder of `latent-replay stream
     --state` (its learner/ subfolder). Anything else: an error that says what to pass."""
-    from .runner import RunError
-    from .state import has_state as is_state
+    from .common import UserError as RunError
+    from ..runtime.state import has_state as is_state
 
     if is_state(given):
         return given
@@ -91,7 +91,7 @@ def _state_folder(given: Path) -> Path:
 
 def _check_out(out: Path) -> None:
     """--out must be a file to create, or an ONNX model to replace: never a folder or another file."""
-    from .runner import RunError
+    from .common import UserError as RunError
 
     if out.is_dir():
         raise RunError(f"--out {out} is a folder; give the model file to write, e.g. --out {out / 'learned.onnx'}")
@@ -108,8 +108,8 @@ def _check_out(out: Path) -> None:
 
 def export_model_command(args: argparse.Namespace) -> int:
     from ..atomic import write_bytes_atomic
-    from .runner import RunError
-    from .state import load_state
+    from .common import UserError as RunError
+    from ..runtime.state import load_state
 
     out = Path(args.out)
     _check_out(out)

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..atomic import write_bytes_atomic
+from ...atomic import write_bytes_atomic
 
 
 def summarize(runs: List[dict]) -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from ..runtime.memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: F401  (re-exported)
+from ...runtime.memory import peak_rss_mb, reset_peak_rss, rss_mb  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
