@@ -20,7 +20,7 @@ def _user_errors() -> tuple:
     from .export.exporter import ExportError
     from .export.manifest import ManifestError
     from .folders import FolderError
-    from .models.load import WeightsError
+    from .models.weights import WeightsError
     from .runtime.sources.base import SourceError
     from .runtime.state import StateError
 

@@ -1,9 +1,9 @@
 """MobileNetV1 written down for the tests, independently of `latent_replay.models.mobilenet_v1`.
 
 Typed from the MobileNetV1 paper (Howard et al. 2017, Table 1: "MobileNet Body Architecture") and
-ALGORITHMS.md section 1, with the Caffe layer names and a 128x128 input. The paper lists the
+docs/algorithms.md, with the Caffe layer names and a 128x128 input. The paper lists the
 last depthwise conv with stride 2 on a 7x7 input and a 7x7 output; every implementation (Caffe,
-pytorchcv, timm) and ALGORITHMS.md use stride 1 there (conv6/dw: 1024x4x4 -> 1024x4x4).
+pytorchcv, timm) and docs/algorithms.md use stride 1 there (conv6/dw: 1024x4x4 -> 1024x4x4).
 
 Every row: name, kind, in channels, out channels, stride, input H=W, output H=W. Kinds: "conv" (3x3
 full conv, padding 1), "dw" (3x3 depthwise, padding 1, groups = channels), "sep" (1x1 pointwise,
@@ -66,7 +66,7 @@ WEIGHT_SHAPES = {
     "conv6/dw": (1024, 1, 3, 3), "conv6/sep": (1024, 1024, 1, 1),
 }
 
-# ALGORITHMS.md section 1 (analytic, 128x128, 50 classes): multiply-adds and parameters.
+# docs/algorithms.md (analytic, 128x128, 50 classes): multiply-adds and parameters.
 TOTAL_MACS_M = 185.4
 TOTAL_PARAMS_M = 3.26  # with the 1024 x 50 head, without bias
 CONV5_4_FRONT_MACS_M, CONV5_4_BACK_MACS_M, CONV5_4_BACK_PARAMS_M = 126.1, 59.3, 2.18

@@ -1,6 +1,6 @@
 """An independent reference learner (torch float64 + numpy) for the oracle tests of the schedule.
 
-Written from ALGORITHMS.md sections 2-5 and the documented rules of `LearnerConfig` and the learner's
+Written from docs/algorithms.md and the documented rules of `LearnerConfig` and the learner's
 docstrings, not from the learner's code, and using none of its helper classes (no `MinibatchPlan`,
 `BrnSchedule`, `Cwr`, `SynapticIntelligence`, `optim.SGD`, `ReplayPool`). It starts from the exported
 initial arrays and runs whole incremental batches itself:

@@ -2,7 +2,7 @@
 
 The reference (`reference_learner.ReferenceLearner`: the BRN back of `torch_oracle` with r and d
 detached, torch float64, SGD with torch.optim.SGD semantics, the BRN schedule, CWR*, the replay
-memory and the minibatch order written from ALGORITHMS.md) starts from the arrays of a freshly
+memory and the minibatch order written from docs/algorithms.md) starts from the arrays of a freshly
 constructed learner and trains the same three batches; the learner's parameters, running statistics,
 CWR* arrays, replay memory and eval-model predictions must match after each one. Only the learner's
 public interface is used. `test_schedule_oracle.py` checks the same at conv5_6/dw with settings that

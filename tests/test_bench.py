@@ -65,7 +65,7 @@ def _provider_checked(ours: dict) -> None:
 
 def check_results(r: dict, layers, storages) -> None:
     """The quick benchmark's JSON against what is known independently of the measurement: the
-    configuration (sample counts, minibatch plan 21 + 107 from ALGORITHMS.md section 5), the analytic
+    configuration (sample counts, minibatch plan 21 + 107 from docs/algorithms.md), the analytic
     MAC counts and pattern sizes of the MobileNetV1 spec, and the PyTorch baseline (an independent
     implementation of the same batch: same plan, same memory bytes, same loss)."""
     has_torch = tb.available()[0]
@@ -218,7 +218,7 @@ def test_derived_ratios_and_targets_on_known_figures():
     report.derive(r)
     d = r["derived"]
     front_macs = _front_macs("conv5_4/dw")
-    assert round(front_macs / 1e6, 1) == 126.1  # ALGORITHMS.md section 1
+    assert round(front_macs / 1e6, 1) == 126.1  # docs/algorithms.md
     f = d["front"]["conv5_4/dw"]
     assert f["latency_b1_p50_ratio"] == pytest.approx(0.4)
     assert f["throughput_ratio"] == {"32": pytest.approx(2.0)}

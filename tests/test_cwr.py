@@ -1,4 +1,4 @@
-"""CWR* (ALGORITHMS.md section 3) against a reference written here in the style of the PyTorch port
+"""CWR* (docs/algorithms.md) against a reference written here in the style of the PyTorch port
 (dict of saved rows, per-class counters), on a known sequence of batches."""
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Weight download: local HTTP server with/without Range, resume, corrupt files, 404, CLI exit codes."""
 from __future__ import annotations
 
-import argparse
 import http.server
 import threading
 from pathlib import Path
@@ -12,7 +11,8 @@ import pytest
 from helpers import make_weights
 from latent_replay.models import fetch
 from latent_replay.models.caffe import encode_caffemodel, weights_to_caffe_layers
-from latent_replay.models.fetch import add_fetch_arguments, fetch_command, fetch_weights
+from latent_replay.cli import main
+from latent_replay.models.fetch import fetch_weights
 from latent_replay.models.load import WeightsError, load_weights
 
 
@@ -155,13 +155,12 @@ def test_known_name_resolves_through_cache(monkeypatch, server, tmp_path):
 
 
 def test_fetch_command_exit_codes(server, tmp_path, capsys):
-    parser = add_fetch_arguments(argparse.ArgumentParser())
-    ok = parser.parse_args(["caffe", "--url", server + "/MobileNetV1.caffemodel", "--cache-dir", str(tmp_path),
-                            "--quiet"])
-    assert fetch_command(ok) == 0
+    ok = ["fetch", "weights", "caffe", "--url", server + "/MobileNetV1.caffemodel", "--cache-dir", str(tmp_path),
+          "--quiet"]
+    assert main(ok) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "MobileNetV1.caffemodel")
-    bad = parser.parse_args(["--url", server + "/missing.caffemodel", "--cache-dir", str(tmp_path / "x"), "--force"])
-    assert bad.name == "caffe"
-    assert fetch_command(bad) == 2
+    bad = ["fetch", "weights", "--url", server + "/missing.caffemodel", "--cache-dir", str(tmp_path / "x"), "--force",
+           "--quiet"]  # the name defaults to caffe
+    assert main(bad) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "404" in err
+    assert err.startswith("latent-replay fetch: error: ") and err.count("\n") == 1 and "404" in err

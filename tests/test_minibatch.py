@@ -1,4 +1,4 @@
-"""Minibatch composition (ALGORITHMS.md section 5): 21 new + 107 replayed for NICv2-391 batches,
+"""Minibatch composition (docs/algorithms.md): 21 new + 107 replayed for NICv2-391 batches,
 iterations per epoch, which patterns each minibatch holds. A stub back records every step."""
 from __future__ import annotations
 

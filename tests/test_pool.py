@@ -6,7 +6,7 @@ from latent_replay.runtime.replay import ReplayPool, make_pool
 
 
 def reference_insert(rng, mem_x, mem_y, x, y, i, capacity):
-    """The ALGORITHMS.md rule written out directly (lists grow until full, then overwrite)."""
+    """The docs/algorithms.md rule written out directly (lists grow until full, then overwrite)."""
     h = min(capacity // (i + 1), len(x))
     if h == 0:
         return mem_x, mem_y

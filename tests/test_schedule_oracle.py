@@ -1,7 +1,7 @@
 """Batches 0, 1 and 2 of AR1*-free and AR1* against an independent reference (torch float64 + numpy).
 
 The reference (`reference_learner.py`) starts from the arrays a freshly constructed learner holds
-(the exported initial back) and runs the whole schedule itself, from ALGORITHMS.md sections 2-5:
+(the exported initial back) and runs the whole schedule itself, from docs/algorithms.md:
 lr_first on batch 0 and lr_later after; the BRN r_max/d_max ramp (+ step x minibatch per step, no
 clamp) and the first-batch statistics rate on batch 0, constant values later; SGD momentum carried
 within a batch, reset at batch 1, carried from batch 1 to 2; CWR* reset/consolidation; SI in both

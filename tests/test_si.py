@@ -1,4 +1,4 @@
-"""Synaptic Intelligence (ALGORITHMS.md section 4): importance on a known trajectory against numpy,
+"""Synaptic Intelligence (docs/algorithms.md): importance on a known trajectory against numpy,
 F >= 0 and clipped, the penalty gradient, and SI inside an AR1* learner."""
 from __future__ import annotations
 

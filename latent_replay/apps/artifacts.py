@@ -92,8 +92,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_fetch_command(sub: argparse._SubParsersAction) -> None:
-    from ..models.fetch import add_fetch_arguments
-
     p = sub.add_parser("fetch", help="download pretrained weights into the cache",
                        description="Download pretrained weights (resumable, verified before use).")
     what = p.add_subparsers(dest="what", metavar="WHAT")
@@ -106,9 +104,24 @@ def add_fetch_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    from ..models.fetch import fetch_command
+def add_fetch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `latent-replay fetch weights`."""
+    from ..models.fetch import DEFAULT_NAME, KNOWN_WEIGHTS
 
-    return fetch_command(args)
+    parser.add_argument("name", nargs="?", default=DEFAULT_NAME,
+                        help=f"known weights ({', '.join(KNOWN_WEIGHTS)}) or a URL (default: {DEFAULT_NAME})")
+    parser.add_argument("--url", help="download from this URL instead of the known one")
+    parser.add_argument("--cache-dir", help="cache folder (default: $LATENT_REPLAY_CACHE or ~/.cache/latent-replay)")
+    parser.add_argument("--force", action="store_true", help="download again even if the file is cached")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    """Run `fetch weights`: print the cached path (a failure is a WeightsError: one line, exit 2)."""
+    from ..models.fetch import fetch_weights
+
+    print(fetch_weights(args.name, cache_dir=args.cache_dir, url=args.url, progress=not args.quiet, force=args.force))
+    return 0
 
 

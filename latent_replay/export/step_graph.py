@@ -40,31 +40,11 @@ from onnx import TensorProto, helper
 from ..models import graph as G
 from ..models import mobilenet_v1 as net
 from ..models.weights import Preprocessing
+from .format import (ACTIVATION, BRN_MOMENTUM, D_MAX, GRAD, HYPER_COLUMNS, LABELS, LOSS, NEXT, R_MAX, SGD_HYPER,  # noqa: F401
+                     SI_LAMBDA, momentum_name, si_names)
 
-NEXT = ".next"  # suffix of an updated state tensor's output
-LABELS = "labels"
-LOSS = "loss"
-R_MAX, D_MAX = G.R_MAX_INPUT, G.D_MAX_INPUT
-BRN_MOMENTUM = "brn_momentum"
-SGD_HYPER = "sgd_hyper"  # (P, 4): one row per trainable parameter: lr, momentum, grad_scale, weight_decay
-HYPER_COLUMNS = ("lr", "momentum", "grad_scale", "weight_decay")
-SI_LAMBDA = "si_lambda"
-MOMENTUM = "momentum/"
-GRAD = "grad/"
-ACTIVATION = "act/"
-SI_PREFIXES = ("si/F/", "si/theta_star/", "si/scale/", "si/traj/")
 # A depthwise layer uses the (HW x HWo) matrix form while HW * HWo stays at most this (8x8 -> 8x8).
 DW_MATRIX_LIMIT = 64 * 64
-
-
-def momentum_name(param: str) -> str:
-    return MOMENTUM + param
-
-
-def si_names(param: str) -> Dict[str, str]:
-    """Inputs of the SI variant for one conv weight: importance, anchor, gradient scale, trajectory."""
-    return {"F": f"si/F/{param}", "theta_star": f"si/theta_star/{param}", "scale": f"si/scale/{param}",
-            "traj": f"si/traj/{param}"}
 
 
 def si_parameters(latent_layer: str, input_size: int = net.DEFAULT_INPUT_SIZE) -> List[str]:

@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import mobilenet_v1 as net
-from .load import WeightsError
+from .weights import WeightsError
 from .weights import CAFFE_PREPROCESSING, ConvParams, MobileNetWeights
 
 NORM_SUFFIXES = ("/bn", "/brn")  # BatchNorm (first-batch prototxts) and BatchReNorm (later batches)

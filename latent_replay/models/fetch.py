@@ -1,23 +1,22 @@
 """Download pretrained weights into a cache, resumably, and keep only files that parse.
 
-`latent-replay fetch weights [NAME] [--url URL] [--cache-dir DIR] [--force]` is wired in cli.py through
-`add_fetch_arguments` / `fetch_command`. A download goes to `<file>.part`; a broken one resumes with an
+`latent-replay fetch weights [NAME] [--url URL] [--cache-dir DIR] [--force]` (apps/artifacts.py) calls
+`fetch_weights`. A download goes to `<file>.part`; a broken one resumes with an
 HTTP Range request (restarting cleanly if the server ignores it); the finished file is parsed and
 validated before it is renamed into place, so the cache never holds a truncated or corrupt model.
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
-from .load import WeightsError, load_weights_file
+from .files import load_weights_file
+from .weights import WeightsError
 
 CHUNK = 1 << 16
 TIMEOUT_S = 60
@@ -157,26 +156,3 @@ def fetch_weights(name_or_url: str = DEFAULT_NAME, cache_dir: Optional[Union[str
     _verify(part, suffix, source)
     os.replace(part, target)
     return target
-
-
-def add_fetch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of `latent-replay fetch weights`."""
-    parser.add_argument("name", nargs="?", default=DEFAULT_NAME,
-                        help=f"known weights ({', '.join(KNOWN_WEIGHTS)}) or a URL (default: {DEFAULT_NAME})")
-    parser.add_argument("--url", help="download from this URL instead of the known one")
-    parser.add_argument("--cache-dir", help="cache folder (default: $LATENT_REPLAY_CACHE or ~/.cache/latent-replay)")
-    parser.add_argument("--force", action="store_true", help="download again even if the file is cached")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def fetch_command(args: argparse.Namespace) -> int:
-    """Run `fetch weights`: print the cached path; on error one line on stderr and exit code 2."""
-    try:
-        path = fetch_weights(args.name, cache_dir=args.cache_dir, url=args.url,
-                             progress=not getattr(args, "quiet", False), force=args.force)
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0

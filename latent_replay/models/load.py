@@ -1,7 +1,7 @@
 """One entry point for every weight source: `load_weights("random" | file | known name)`.
 
 Importers (`caffe`, `torch_state`, `random_init`) are imported lazily so that this module stays
-cheap to import and so they can import `WeightsError` from here without an import cycle.
+cheap to import; they share `WeightsError` with it through `weights.py`.
 """
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
-from .weights import CAFFE_PREPROCESSING, TORCH_PREPROCESSING, MobileNetWeights, Preprocessing
-
-CAFFE_SUFFIXES = (".caffemodel",)
-STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".npz")
-SUPPORTED = "'random', a .caffemodel, .safetensors, .pth/.pt or .npz file"
+from .files import load_weights_file
+from .weights import CAFFE_PREPROCESSING, TORCH_PREPROCESSING, MobileNetWeights, Preprocessing, WeightsError
 
 _PREPROCESSING = {
     "caffe": CAFFE_PREPROCESSING,
@@ -23,10 +20,6 @@ _PREPROCESSING = {
     "torch": TORCH_PREPROCESSING,
 }
 _RANDOM = re.compile(r"^random(?::(\d+)|\(seed=(\d+)\))?$")
-
-
-class WeightsError(ValueError):
-    """Weights cannot be found, read or used; the message names the file and the fix."""
 
 
 def preprocessing_named(name: str) -> Preprocessing:
@@ -37,29 +30,6 @@ def preprocessing_named(name: str) -> Preprocessing:
         raise WeightsError(
             f"unknown preprocessing {name!r}; use 'caffe' (BGR, mean 104/117/123) or 'imagenet' (RGB, mean/std)"
         ) from None
-
-
-def load_weights_file(path: Union[str, "os.PathLike[str]"], suffix: Optional[str] = None) -> MobileNetWeights:
-    """Read and validate one weights file; `suffix` overrides the format implied by its name."""
-    path = Path(path)
-    suffix = (suffix or path.suffix).lower()
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist; pass an existing file, a known name or 'random'")
-    try:
-        if suffix in CAFFE_SUFFIXES:
-            from .caffe import load_caffemodel
-            weights = load_caffemodel(path)
-        elif suffix in STATE_DICT_SUFFIXES:
-            from .torch_state import load_state_dict_file
-            weights = load_state_dict_file(path, suffix=suffix)
-        else:
-            raise WeightsError(f"cannot tell the format of {path} from its name; use {SUPPORTED}")
-        weights.validate()
-    except WeightsError:
-        raise
-    except (ValueError, OSError, KeyError, EOFError) as e:
-        raise WeightsError(f"cannot use weights file {path}: {e}; re-download or re-export it") from e
-    return weights
 
 
 def _known_path(name: str) -> Path:

@@ -7,7 +7,7 @@ read it, so a layer name or a shape is written down exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import List, Tuple
 
 DEFAULT_INPUT_SIZE = 128
 DEFAULT_CLASSES = 50
@@ -91,11 +91,6 @@ def conv_layers(input_size: int = DEFAULT_INPUT_SIZE) -> List[ConvLayer]:
     return layers
 
 
-def layer_names() -> List[str]:
-    """Every named layer in forward order: data, the convs, pool6, mid_fc7."""
-    return [DATA] + [name for name, _, _, _ in _CONV_SPEC] + [POOL, HEAD]
-
-
 def check_latent_layer(name: str) -> str:
     """Return `name` if it is a valid latent layer, else raise ValueError listing the valid ones."""
     if name not in LATENT_LAYERS:
@@ -176,13 +171,5 @@ def layer_table(input_size: int = DEFAULT_INPUT_SIZE, classes: int = DEFAULT_CLA
     return [split_cost(name, input_size, classes) for name in LATENT_LAYERS]
 
 
-def find_conv(name: str, input_size: int = DEFAULT_INPUT_SIZE) -> Optional[ConvLayer]:
-    return next((l for l in conv_layers(input_size) if l.name == name), None)
-
-
 def conv_names() -> List[str]:
     return [name for name, _, _, _ in _CONV_SPEC]
-
-
-def out_channels_by_layer(input_size: int = DEFAULT_INPUT_SIZE) -> Dict[str, int]:
-    return {l.name: l.out_channels for l in conv_layers(input_size)}

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Uni
 import numpy as np
 
 from . import mobilenet_v1 as net
-from .load import WeightsError
+from .weights import WeightsError
 from .weights import TORCH_PREPROCESSING, ConvParams, MobileNetWeights
 
 STAGE_UNITS = (1, 2, 2, 6, 2)  # depthwise-separable units per stage, conv2_1 .. conv6

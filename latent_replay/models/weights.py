@@ -15,6 +15,10 @@ import numpy as np
 from . import mobilenet_v1 as net
 
 
+class WeightsError(ValueError):
+    """Weights cannot be found, read or used; the message names the file and the fix."""
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a uint8 pixel becomes a network input: pick channel order, subtract mean, divide by std.

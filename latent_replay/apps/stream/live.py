@@ -30,10 +30,6 @@ class SyntheticStream:
                                           seed=seed)
         self.objects, self.period, self.k = objects, period, 0
 
-    @property
-    def object_names(self) -> List[str]:
-        return self.scenario.class_names[: self.objects]
-
     def read(self) -> Optional[np.ndarray]:
         c = (self.k // self.period) % self.objects
         self.k += 1

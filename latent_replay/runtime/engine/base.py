@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ...export.manifest import Manifest
-from ...export.step_graph import HYPER_COLUMNS, momentum_name, si_names
+from ...export.format import HYPER_COLUMNS, momentum_name, si_names
 from .session import available_device, session_options
 
 FROZEN_ROW = (0.0, 1.0, 0.0, 0.0)  # lr 0, momentum 1, grad scale 0: parameter and momentum untouched

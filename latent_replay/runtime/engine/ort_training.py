@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...export.manifest import Manifest, ManifestError
-from ...export.step_graph import momentum_name, si_names
+from ...export.format import momentum_name, si_names
 from ...models.graph import BRN_EPS
 from .base import BackEngine
 

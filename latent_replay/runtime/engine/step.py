@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...export.manifest import Manifest
-from ...export.step_graph import BRN_MOMENTUM, LABELS, LOSS, NEXT, SGD_HYPER, SI_LAMBDA, momentum_name, si_names
+from ...export.format import BRN_MOMENTUM, LABELS, LOSS, NEXT, SGD_HYPER, SI_LAMBDA, momentum_name, si_names
 from ...models.graph import D_MAX_INPUT, LATENT_INPUT, R_MAX_INPUT
 from .base import BackEngine
 from .session import providers_for

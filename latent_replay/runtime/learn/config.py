@@ -197,7 +197,7 @@ def _choice(name: str, value: Any, valid: Tuple[str, ...]) -> None:
 
 
 def _caffe_values(overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """The Caffe code's settings (ALGORITHMS.md sections 2, 4); some depend on replay and method."""
+    """The Caffe code's settings (docs/algorithms.md); some depend on replay and method."""
     replay = overrides.get("replay", "no" if overrides.get("method") == "cumulative" else "latent")
     method = overrides.get("method", "ar1free")
     return {

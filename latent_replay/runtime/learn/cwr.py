@@ -7,7 +7,7 @@ import numpy as np
 
 
 class Cwr:
-    """CWR* on the output layer (ALGORITHMS.md section 3; the port's reset/consolidate_weights)."""
+    """CWR* on the output layer (docs/algorithms.md; the port's reset/consolidate_weights)."""
 
     def __init__(self, classes: int, features: int, unseen_rows: str = "trained") -> None:
         self.cw = np.zeros((classes, features), np.float32)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...export.step_graph import momentum_name
+from ...export.format import momentum_name
 from ..state import STATE_META, load_state, save_state, state_dir
 from .brn import BrnSchedule
 from .config import LearnerConfig

@@ -27,7 +27,7 @@ class MinibatchPlan:
 
 
 def plan_minibatches(n_new: int, n_mem: int, minibatch: int, pad: bool = True) -> MinibatchPlan:
-    """ALGORITHMS.md section 5 / the PyTorch port.
+    """docs/algorithms.md / the PyTorch port.
 
     With a memory: `new = N // ((N + M) // mb)`, `replay = mb - new`, `N // new` iterations
     (NICv2-391: 300 + 1500 -> 21 + 107, 14 iterations). Without: plain minibatches of `mb` new

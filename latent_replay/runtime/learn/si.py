@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
 
-from ...export.step_graph import si_names
+from ...export.format import si_names
 from .config import LearnerConfig
 
 

@@ -1,6 +1,6 @@
 """Replay memory of Latent Replay: (latent, label) pairs, host (numpy) implementation.
 
-The insertion rule (ALGORITHMS.md section 5): after training batch i (0-based), choose
+The insertion rule (docs/algorithms.md): after training batch i (0-based), choose
 `h = min(M // (i + 1), len(batch))` random patterns of the batch (without replacement) and write them
 into the empty slots first, then over h random filled slots (without replacement). A label always
 travels with its own activation.

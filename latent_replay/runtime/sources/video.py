@@ -101,12 +101,6 @@ class VideoSource:
         """True for cameras and pipelines, False for video files."""
         return self._kind != "file"
 
-    @property
-    def frame_count(self) -> Optional[int]:
-        """Frames in a video file (None for live sources or when unknown)."""
-        n = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self._cap is not None else 0
-        return n if n > 0 and not self.is_live else None
-
     def read(self) -> Optional[np.ndarray]:
         """The next frame, uint8 (S, S, 3) BGR, or None at the end of the stream."""
         if self._cap is None:
