@@ -164,3 +164,14 @@ def test_step_takes_an_ortvalue_as_it_takes_numpy(tmp_path):
     for name in a.state_names():
         np.testing.assert_array_equal(a.get(name), b.get(name), err_msg=name)
     assert not np.array_equal(a.get("conv6/sep/weight"), make_weights(0).convs["conv6/sep"].weight)
+
+
+def test_cuda_providers_and_the_tf32_switch(monkeypatch):
+    """On CUDA the provider keeps its TF32 default unless LATENT_REPLAY_CUDA_TF32=0 asks for fp32."""
+    from latent_replay.runtime.engine import providers_for
+
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.delenv("LATENT_REPLAY_CUDA_TF32", raising=False)
+    assert providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("LATENT_REPLAY_CUDA_TF32", "0")
+    assert providers_for("cuda")[0] == ("CUDAExecutionProvider", {"use_tf32": "0"})

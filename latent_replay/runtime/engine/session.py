@@ -1,8 +1,9 @@
 """ONNX Runtime sessions shared by every engine: device choice, session options, the frozen front."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -43,8 +44,15 @@ def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
     return options
 
 
-def providers_for(device: str) -> List[str]:
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+def providers_for(device: str) -> List[Any]:
+    """Execution providers for `device`. On CUDA, matrix products use TF32 (the provider's default);
+    LATENT_REPLAY_CUDA_TF32=0 asks for exact fp32 (provider option `use_tf32`, onnxruntime >= 1.17)."""
+    if device != "cuda":
+        return ["CPUExecutionProvider"]
+    cuda: Any = "CUDAExecutionProvider"
+    if os.environ.get("LATENT_REPLAY_CUDA_TF32", "1") == "0":
+        cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})
+    return [cuda, "CPUExecutionProvider"]
 
 
 class Front:
