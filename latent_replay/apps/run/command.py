@@ -105,7 +105,7 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_all(opts: RunOptions, out: Path, prepared: list, saved) -> int:
     from ...atomic import write_json_atomic
     from .experiment import run_one
-    from .results import load_results, plot_accuracy, summarize, table
+    from .results import load_results, plot_accuracy, plot_accuracy_matrix, summarize, table
 
     results_path = out / "results.json"
     previous = {} if opts.fresh else load_results(results_path) or {}
@@ -120,8 +120,12 @@ def _run_all(opts: RunOptions, out: Path, prepared: list, saved) -> int:
     title = (f"{opts.method} / {'synthetic stream' if opts.synthetic else 'NICv2-%d' % opts.scenario} / "
              f"{opts.replay} replay at {opts.latent_layer}, M={opts.replay_memory}")
     plot_accuracy(out / "accuracy.png", runs, title, reference)
+    named = {tuple(r.get("class_names") or ()) for r in runs}  # synthetic runs draw other objects per seed
+    names = list(named.pop()) if len(named) == 1 else None
+    heat = plot_accuracy_matrix(out / "accuracy_matrix.png", runs, title, names)
     print(table(runs))
-    print(f"results: {results_path}  plot: {out / 'accuracy.png'}")
+    print(f"results: {results_path}  plots: {out / 'accuracy.png'}"
+          + (f", {out / 'accuracy_matrix.png'}" if heat else ""))
     s = summarize(runs)
     if s and reference is not None:
         print(f"reference (PyTorch port, NICv2-391, AR1*-free, conv5_4/dw, M=1500): about {100 * reference:.0f}% "
@@ -139,7 +143,7 @@ def _versions() -> Dict[str, str]:
 
 
 def _results(opts: RunOptions, runs: List[dict], complete: bool) -> dict:
-    from .results import summarize
+    from .results import run_entry, summarize
 
     return {
         "complete": complete,
@@ -147,5 +151,6 @@ def _results(opts: RunOptions, runs: List[dict], complete: bool) -> dict:
         "replay": opts.replay, "latent_layer": opts.latent_layer, "replay_memory": opts.replay_memory,
         "preset": opts.preset, "storage": opts.storage, "device": opts.device, "engine": opts.engine,
         "weights": opts.weights, "test_set": opts.test_set, "core50": str(opts.core50) if opts.core50 else None,
-        "runs": sorted(runs, key=lambda r: r["run"]), "summary": summarize(runs), "versions": _versions(),
+        "runs": [run_entry(r) for r in sorted(runs, key=lambda r: r["run"])], "summary": summarize(runs),
+        "versions": _versions(),
     }

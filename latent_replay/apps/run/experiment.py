@@ -217,6 +217,7 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
     elif start:
         print(f"run {run}: resuming at batch {start} of {scenario.n_batches} (state in {state_dir})", file=sys.stderr)
     _check_labels(scenario.test_labels(), manifest.classes, "test set")
+    class_names = output_names(scenario.class_names, manifest.classes)
     test = TestLatents(front, scenario)
     bar = None
     if not opts.quiet:
@@ -233,9 +234,10 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
         latents = encode(front, batch.frames)
         front_s = time.perf_counter() - t0
         stats = learner.train_batch(latents, batch.labels, i)
-        accuracy = learner.evaluate(test.chunks())
+        accuracy, class_accuracy = _evaluate(learner, test, scenario.num_classes)
         records.append({
             "batch": i, "name": batch.name, "patterns": len(batch), "accuracy": accuracy,
+            "classes": sorted(int(c) for c in np.unique(batch.labels)), "class_accuracy": class_accuracy,
             "train_s": stats["time"], "front_s": front_s, "iterations": stats["iterations"],
             "loss": stats["loss"], "pool_patterns": len(pool) if pool is not None else 0,
             "pool_bytes": int(pool.nbytes) if pool is not None else 0, "peak_rss_mb": peak_rss_mb(),
@@ -244,6 +246,7 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
         if (i + 1) % opts.save_every == 0 or i + 1 == stop:
             state = learner.state_dict()
             state["meta"]["records"] = records
+            state["meta"]["class_names"] = class_names
             save_state(state, state_dir)
             saved.batches[run] = (len(records), scenario.n_batches)
         if bar is not None:
@@ -253,4 +256,24 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
         bar.close()
     return {"run": run, "batches": records, "complete": len(records) == scenario.n_batches,
             "scenario": scenario.name, "n_batches": scenario.n_batches, "test_size": test.size,
-            "config": config.to_dict(), "artifacts": str(artifacts), "engine": learner.back.name}
+            "config": config.to_dict(), "artifacts": str(artifacts), "engine": learner.back.name,
+            "class_names": class_names}
+
+
+def output_names(scenario_names: List[str], outputs: int) -> List[str]:
+    """A name per output of the artifacts: the scenario's class names, `class_N` for spare outputs."""
+    return [scenario_names[c] if c < len(scenario_names) else f"class_{c}" for c in range(outputs)]
+
+
+def _evaluate(learner, test: TestLatents, classes: int) -> Tuple[float, List[Optional[float]]]:
+    """(accuracy over every test frame, accuracy per class: one row of the accuracy matrix)."""
+    from .metrics import per_class_accuracy
+
+    predicted, truth = [], []
+    for latents, labels in test.chunks():
+        predicted.append(learner.predict(latents)[0])
+        truth.append(np.asarray(labels))
+    pred = np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
+    true = np.concatenate(truth) if truth else np.zeros(0, np.int64)
+    accuracy = float(np.mean(pred == true)) if len(true) else 0.0
+    return accuracy, per_class_accuracy(pred, true, max(classes, int(true.max()) + 1 if len(true) else 0))
