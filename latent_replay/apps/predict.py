@@ -1,20 +1,44 @@
-"""`latent-replay predict`: classify images with exported artifacts."""
+"""`latent-replay predict`: classify images with what a learner learned.
+
+Three sources of a model, all run the same way (one inference ONNX in an InferenceSession): a
+learner state (`--state`: a run's or a stream's; the learned model is built in memory exactly as
+`export-model` writes it), a file `export-model` wrote (`--model`: class names and input format
+from its metadata, no artifacts needed), or exported artifacts as they are (`--artifacts` alone:
+only useful when the weights bring a trained head). A head that learned nothing is refused: it gives
+every class the same probability.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
-from typing import List
+from typing import Any, List, Optional, Tuple
 
 from .common import UserError
 
+HOW = ("pass --state with a run's OUT/runN/state (or its OUT), or a `latent-replay stream --state` folder, "
+       "or --model with a file `latent-replay export-model` wrote")
+
 
 def add_predict_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="run front + back on images (or a generated one) and print the top classes",
-                       description="Load exported artifacts without PyTorch and classify images. Without "
-                                   "images, a generated test frame is used (a smoke test of the artifacts).")
-    p.add_argument("--artifacts", required=True, help="directory written by `latent-replay export`")
-    p.add_argument("images", nargs="*", help="image files (any size: center-cropped and resized)")
-    p.add_argument("--top", type=int, default=3, help="how many classes to print (default 3)")
+    p = sub.add_parser("predict", help="classify images with a learned model (a run's or stream's state, or "
+                                       "an exported learned.onnx)",
+                       description="Classify images with what a learner learned: --state (a run's OUT/runN/state "
+                                   "or OUT, or the --state folder of `latent-replay stream`; the artifacts are "
+                                   "found next to it unless --artifacts is given) or --model (the file "
+                                   "`latent-replay export-model` wrote; names and input format come from its "
+                                   "metadata). Prints the top classes by name per image, or one JSON object per "
+                                   "image with --json. Without images, a generated frame is classified (a smoke "
+                                   "test). An untrained head is refused.")
+    p.add_argument("images", nargs="*", help="image files (any size: the central square is resized to the input)")
+    p.add_argument("--state", help="learner state: OUT/runN/state or OUT of `latent-replay run`, or the --state "
+                                   "folder of `latent-replay stream`")
+    p.add_argument("--model", help="a learned model written by `latent-replay export-model` (needs no artifacts)")
+    p.add_argument("--artifacts", help="the artifacts the state was trained on (default: found next to the "
+                                       "state); alone, the export's own head (untrained for random weights)")
+    p.add_argument("--top", type=int, default=3, help="how many classes to print per image (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="execution provider")
     p.set_defaults(handler=_cmd_predict)
 
@@ -23,39 +47,138 @@ def _read_images(paths: List[str], size: int):
     import cv2
     import numpy as np
 
-    from ..runtime.sources.video import center_crop_resize
+    from ..runtime.sources.video import center_crop_resize, quiet_opencv_logs
 
+    quiet_opencv_logs()
     frames = []
     for path in paths:
+        if Path(path).is_dir():
+            raise UserError(f"image {path} is a folder; give image files")
         if not Path(path).is_file():
             raise UserError(f"image {path} does not exist")
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
-            raise UserError(f"cannot read image {path}")
+            raise UserError(f"cannot read image {path} (not an image OpenCV can decode)")
         frames.append(center_crop_resize(img, size))
     return np.stack(frames)
+
+
+def _session(model: Any, device: str):
+    """An InferenceSession on `model` (a path or serialized bytes) for --device."""
+    import onnxruntime as ort
+
+    from ..runtime.engine.session import available_device, providers_for
+
+    try:
+        providers = providers_for(available_device(device))
+    except (RuntimeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    return ort.InferenceSession(model, providers=providers)
+
+
+class Loaded:
+    """A model to run, its classes, its head weights when known (to refuse all-zero rows), and what it
+    is, for messages."""
+
+    def __init__(self, model: Any, classes: Optional[Any], head: Optional[Any], what: str) -> None:
+        self.model, self.classes, self.head, self.what = model, classes, head, what
+
+
+def _head(model: Any, name: Optional[str]) -> Optional[Any]:
+    from onnx import numpy_helper
+
+    return next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None) if name else None
+
+
+def _model_file(path: Path) -> Loaded:
+    """The --model file; a path that is not an ONNX model: UserError."""
+    import onnx
+
+    from .export_model import ModelClasses, read_metadata
+
+    if path.is_dir():
+        raise UserError(f"--model {path} is a folder; give the .onnx file `latent-replay export-model` wrote")
+    if not path.is_file():
+        raise UserError(f"--model {path} does not exist; write one with `latent-replay export-model --state "
+                        f"DIR --out {path}`")
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # any parse failure means: not an ONNX model
+        raise UserError(f"--model {path} is not an ONNX model; give the file `latent-replay export-model` "
+                        f"wrote") from None
+    meta = read_metadata({p.key: p.value for p in model.metadata_props})
+    if "class_names" not in meta or "trained_classes" not in meta:
+        raise UserError(f"--model {path} carries no class names in its metadata (not written by this version of "
+                        f"`latent-replay export-model`); write it again with `latent-replay export-model`")
+    classes = ModelClasses(list(meta["class_names"]), list(meta["trained_classes"]), "model")
+    return Loaded(model, classes, _head(model, (meta.get("latent_replay") or {}).get("head")), f"--model {path}")
+
+
+def _load(args: argparse.Namespace) -> Loaded:
+    """The model --model, --state or --artifacts name."""
+    from ..export.manifest import Manifest
+    from .export_model import BACK_PREFIX, find_artifacts, head_classes, inference_model, learned_model, \
+        resolve_state, set_metadata
+
+    if args.model:
+        if args.state or args.artifacts:
+            raise UserError("--model already holds the artifacts and what was learned: drop --state/--artifacts")
+        return _model_file(Path(args.model))
+    if args.state:
+        state_path, note = resolve_state(Path(args.state), run_folder=True)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        artifacts = Path(args.artifacts) if args.artifacts else find_artifacts(Path(args.state), state_path)
+        model, manifest, classes = learned_model(artifacts, state_path)
+        return Loaded(model, classes, _head(model, BACK_PREFIX + manifest.head), f"the learner in {state_path}")
+    if args.artifacts:
+        artifacts = Path(args.artifacts)
+        manifest = Manifest.load(artifacts, verify=True)
+        model = inference_model(artifacts, {})
+        classes = head_classes(artifacts, manifest)
+        set_metadata(model, manifest, classes)
+        return Loaded(model, classes, _head(model, BACK_PREFIX + manifest.head),
+                      f"the export in {artifacts} (its own head: nothing was learned)")
+    raise UserError(f"nothing to predict with: {HOW}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..export.manifest import Manifest
-    from ..runtime.engine import Back, Front
+    from .export_model import untrained_reason
 
-    manifest = Manifest.load(Path(args.artifacts), verify=True)
-    size = manifest.input["size"]
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    for path in args.images:  # before the model is built: a wrong path is answered at once
+        if not Path(path).is_file():
+            raise UserError(f"image {path} {'is a folder; give image files' if Path(path).is_dir() else 'does not exist'}")
+    loaded = _load(args)
+    model, classes = loaded.model, loaded.classes
+    inputs = {i.name: i for i in model.graph.input}
+    if "frames" not in inputs or "probabilities" not in {o.name for o in model.graph.output}:
+        raise UserError(f"{loaded.what} is not a learned model of latent-replay (it needs a 'frames' input and a "
+                        f"'probabilities' output); write one with `latent-replay export-model`")
+    reason = untrained_reason(classes, loaded.head)
+    if reason:
+        raise UserError(f"{loaded.what} is untrained ({reason}): it gives every class about the same "
+                        f"probability; {HOW} after training")
+    size = inputs["frames"].type.tensor_type.shape.dim[1].dim_value
     if args.images:
-        frames, names = _read_images(args.images, size), args.images
+        frames, names = _read_images(args.images, size), list(args.images)
     else:
         frames = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
         names = ["<generated frame>"]
-    front, back = Front(Path(args.artifacts), manifest, args.device), Back(Path(args.artifacts), manifest, args.device)
-    logits = back.logits(front(frames))
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    session = _session(model.SerializeToString(), args.device)
+    probs = session.run(["probabilities"], {"frames": frames})[0]
+    trained = set(classes.trained)
+    k = min(args.top, probs.shape[1])
     for name, p in zip(names, probs):
-        top = np.argsort(-p)[: args.top]
-        print(f"{name}: " + ", ".join(f"class {c} ({p[c]:.3f})" for c in top))
+        top = [int(c) for c in np.argsort(-p, kind="stable")[:k]]
+        if args.json:
+            print(json.dumps({"image": name, "prediction": classes.name(top[0]), "class": top[0],
+                              "top": [{"class": classes.name(c), "index": c, "probability": round(float(p[c]), 6),
+                                       "trained": c in trained} for c in top]}))
+        else:
+            print(f"{name}: " + ", ".join(f"{classes.name(c)}{'' if c in trained else ' [untrained]'} "
+                                          f"({p[c]:.3f})" for c in top))
     return 0
-
-
