@@ -165,14 +165,12 @@ def plot_accuracy_matrix(path: Path, runs: List[dict], title: str, class_names: 
     image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=100)
     if len(entries) == 1:
         ys = [k for k, c in enumerate(order) if np.isfinite(first[c])]
-        ax.scatter([first[order[k]] for k in ys], ys, s=10, c="white", edgecolors="black", linewidths=0.4,
-                   label="first batch of the class")
-        ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
+        ax.scatter([first[order[k]] for k in ys], ys, s=14, c="white", edgecolors="black", linewidths=0.5)
     if len(order) <= 60:
         names = class_names or []
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels([names[c] if c < len(names) else str(c) for c in order], fontsize=6 if len(order) > 20 else 8)
-    ax.set_xlabel("training batch")
+    ax.set_xlabel("training batch" + ("  (dot: the batch where the class first appears)" if len(entries) == 1 else ""))
     _integer_batches(ax)
     ax.set_ylabel("class (in order of first appearance)")
     runs_note = f"mean of {len(entries)} runs" if len(entries) > 1 else f"run {entries[0]['run']}"
