@@ -6,8 +6,13 @@ do not mix: `python -m latent_replay.apps.bench.workers --worker SPEC.json RESUL
                CUDA and TensorRT providers when present (TensorRT engine build timed separately);
 - ours_batch:  one train step on a new+replayed minibatch and one whole NICv2-391 incremental
                batch (front once over the new frames, then the epochs with the replay memory) through
-               `Learner`, per latent layer, pool storage and engine, with the engine's share of the time;
-- torch_front, torch_batch: the same in eager PyTorch (`torch_baseline.py`).
+               `Learner`, per latent layer, pool storage and engine (the step graph, or
+               onnxruntime-training when run by an interpreter that has it), with the engine's share;
+- export:      the artifacts written by this interpreter's onnxruntime (for the ORT-training engine);
+- torch_front, torch_batch: the same in eager PyTorch (`torch_baseline.py`; the batch in one of
+               its variants).
+
+Every side trains on the same data (`data.py`), so their results are compared, not only their times.
 """
 from __future__ import annotations
 
@@ -22,10 +27,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ...models import mobilenet_v1 as net
-from . import probes as core
+from . import data, probes as core
+from .data import CLASSES, SEED
 
-CLASSES = 50
-SEED = 0
 LAYER_METHOD = {net.POOL: "cwr"}  # CWR* at pool6, AR1*-free elsewhere
 FULL = {"iters": 200, "warmup": 10, "batches": [32, 128], "repeats": 5,
         "n_new": 300, "memory": 1500, "epochs": 4, "step_repeats": 3}
@@ -131,59 +135,73 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
         return {"error": f"{provider} is listed by this onnxruntime but failed: {type(e).__name__}: {e}"}
 
 
-def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """One step, then one whole incremental batch (index 1: a later batch) through `Learner`."""
+def _open_learner(spec: Dict[str, Any]):
+    """Front, back (the spec's engine), a pool filled as after batch 0, and the learner on them."""
     from ...export.manifest import Manifest
-    from ...runtime.learn import LearnerConfig
     from ...runtime.engine import Back, Front
-    from ...runtime.learn import Learner
-    from ...runtime.learn.hooks import StepTimer
-    from ...runtime.learn.replay import plan_minibatches
+    from ...runtime.learn import Learner, LearnerConfig
     from ...runtime.replay import make_pool
 
-    rss0 = core.rss_mb()
     directory = Path(spec["artifacts"])
     manifest = Manifest.load(directory)
-    layer, storage, memory = spec["layer"], spec["storage"], spec["memory"]
-    device = spec["device"]
-    front = Front(directory, manifest, device=device, threads=spec["threads"], spin=spec["spin"])
-    back = Back(directory, manifest, device=device, threads=spec["threads"], spin=spec["spin"])
-    config = LearnerConfig.preset("pytorch", method=method_for(layer), replay_memory=memory, storage=storage,
-                                  epochs=spec["epochs"], seed=SEED)
-    shape = tuple(manifest.latent_shape)
-    pool = make_pool(device, memory, shape, storage, SEED)
-    learner = Learner(back, config, pool)
-    rng = np.random.default_rng(SEED)
-    for i in range(0, memory, 100):  # the memory as after batch 0: post-ReLU-like patterns, in chunks
-        n = min(100, memory - i)
-        pool.insert_batch(np.maximum(rng.standard_normal((n,) + shape, dtype=np.float32), 0),
-                          rng.integers(0, CLASSES, n), 0)
-    frames = _frames(spec["n_new"], seed=2)
-    labels = rng.integers(0, CLASSES, spec["n_new"]).astype(np.int64)
-    rss_setup = core.rss_mb()
+    options = {"device": spec["device"], "threads": spec["threads"], "spin": spec["spin"]}
+    front = Front(directory, manifest, **options)
+    back = Back(directory, manifest, engine=spec.get("engine", "step"), **options)
+    config = LearnerConfig.preset("pytorch", method=method_for(spec["layer"]), replay_memory=spec["memory"],
+                                  storage=spec["storage"], epochs=spec["epochs"], seed=SEED)
+    pool = make_pool(spec["device"], spec["memory"], tuple(manifest.latent_shape), spec["storage"], SEED)
+    data.fill_pool(pool, manifest.latent_shape, spec["memory"])
+    return front, back, Learner(back, config, pool), pool
 
-    # -- instrumentation: where the time of a batch goes (engine steps vs the rest) ------------
-    timer = StepTimer()
-    learner.hooks.append(timer)
 
-    # -- one train step on a new + replayed minibatch (after one warm-up step) ----------------
-    plan = plan_minibatches(spec["n_new"], memory, config.minibatch)
+def _warm_steps(learner: Any, front: Any, frames: np.ndarray, labels: np.ndarray, repeats: int) -> List[float]:
+    """One warm-up step on a new + replayed minibatch (sessions created, first-run allocations
+    made), then `repeats` timed ones; the back is put back to its exported state afterwards."""
+    from ...runtime.learn.replay import plan_minibatches
+
+    back, pool, config = learner.back, learner.pool, learner.config
+    plan = plan_minibatches(len(frames), len(pool), config.minibatch)
     k, r = plan.new_per_mb, plan.replay_per_mb
-    x = np.concatenate([front(frames[:k]), pool.gather(np.arange(r))[0]])
-    y = np.concatenate([labels[:k], pool.gather(np.arange(r))[1]])
+    replayed, replayed_labels = pool.gather(np.arange(r))
+    x, y = np.concatenate([front(frames[:k]), replayed]), np.concatenate([labels[:k], replayed_labels])
     saved = back.parameters()
     active = learner.active_parameters(1)
     back.configure(active, {n: config.lr(1) for n in active}, config.momentum, config.weight_decay,
                    config.brn_momentum_later)
-    one_step: List[float] = []
-    for i in range(1 + spec["step_repeats"]):
+    times: List[float] = []
+    for i in range(1 + repeats):
         t0 = time.perf_counter()
         back.step(x, y, config.brn_r_max, config.brn_d_max)
         if i:
-            one_step.append(time.perf_counter() - t0)
-    back.load_parameters(saved)  # start the batch from the exported parameters
+            times.append(time.perf_counter() - t0)
+    back.load_parameters(saved)  # the batch starts from the exported parameters
     back.zero_momentum()
-    del x, y
+    return times
+
+
+def _pool_figures(pool: Any, layer: str, storage: str) -> Dict[str, Any]:
+    scale = pool.scale
+    return {"patterns": pool.capacity, "filled": len(pool), "bytes_per_pattern": pool.bytes_per_pattern,
+            "labels_bytes": pool.capacity * np.dtype(np.int64).itemsize,
+            "scale_bytes": 0 if scale is None else int(scale.nbytes), "total_bytes": int(pool.nbytes),
+            "analytic_bytes_per_pattern": net.split_cost(layer).bytes_per_pattern(storage),
+            "clipped": int(getattr(pool, "clipped", 0))}
+
+
+def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """One step, then one whole incremental batch (index 1: a later batch) through `Learner`, with
+    the spec's engine ("step", or "ort-training" in an interpreter with onnxruntime-training)."""
+    import onnxruntime as ort
+
+    from ...runtime.learn.hooks import StepTimer
+
+    rss0 = core.rss_mb()
+    front, back, learner, pool = _open_learner(spec)
+    frames, labels = data.new_frames(spec["n_new"])
+    rss_setup = core.rss_mb()
+    one_step = _warm_steps(learner, front, frames, labels, spec["step_repeats"])
+    timer = StepTimer()  # where the time of a batch goes: engine steps vs the rest
+    learner.hooks.append(timer)
 
     # -- the incremental batch: front once over the new frames, then the epochs ---------------
     t0 = time.perf_counter()
@@ -192,41 +210,50 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     stats = learner.train_batch(latents, labels, 1)
     batch_s = time.perf_counter() - t0
     train_s = batch_s - front_s
-    step_times = timer.times
-    labels_bytes = pool.capacity * np.dtype(np.int64).itemsize
-    scale = pool.scale
-    scale_bytes = 0 if scale is None else int(scale.nbytes)
-    breakdown = {
-        "engine_steps_s": sum(step_times),
-        "other_s": train_s - sum(step_times),  # minibatch assembly, CWR*, memory update
-    }
+    steps = timer.times
     return {
-        "layer": layer, "method": config.method, "storage": storage, "device": device,
-        "n_new": spec["n_new"], "memory": memory, "epochs": spec["epochs"],
+        "layer": spec["layer"], "method": learner.config.method, "storage": spec["storage"],
+        "device": spec["device"], "engine": back.name, "versions": {"onnxruntime": ort.__version__},
+        "n_new": spec["n_new"], "memory": spec["memory"], "epochs": spec["epochs"], "front_frames": spec["n_new"],
         "iterations": stats["iterations"], "new_per_mb": stats["new_per_mb"], "replay_per_mb": stats["replay_per_mb"],
-        "step_s": core.percentiles(one_step or step_times),
+        "step_s": core.percentiles(one_step or steps),
         "step_s_source": "separate minibatch after warm-up" if one_step else "the batch's own steps",
-        "batch_step_s": core.percentiles(step_times),
+        "batch_step_s": core.percentiles(steps),
         "front_s": front_s, "train_s": train_s, "batch_s": batch_s,
-        "breakdown": breakdown,
+        "breakdown": {"engine_steps_s": sum(steps),
+                      "other_s": train_s - sum(steps)},  # minibatch assembly, CWR*, memory update
         "loss": stats["loss"],
-        "pool": {"patterns": pool.capacity, "filled": len(pool), "bytes_per_pattern": pool.bytes_per_pattern,
-                 "labels_bytes": labels_bytes, "scale_bytes": scale_bytes, "total_bytes": int(pool.nbytes),
-                 "analytic_bytes_per_pattern": net.split_cost(layer).bytes_per_pattern(storage),
-                 "clipped": int(getattr(pool, "clipped", 0))},
+        "head_fingerprint": data.fingerprint(back.get(learner.head)),
+        "trained_parameters": int(sum(np.prod(back.shape(n)) for n in learner.active_parameters(1))),
+        "pool": _pool_figures(pool, spec["layer"], spec["storage"]),
         "rss_after_imports_mb": rss0, "rss_after_setup_mb": rss_setup, "peak_rss_mb": core.peak_rss_mb(),
-        "engine": back.name,
         "ort_arena": core.ort_arena_info(back._options),
-        "gpu_memory": core.gpu_memory() if device == "cuda" else {"skipped": "--device cpu"},
+        "gpu_memory": core.gpu_memory() if spec["device"] == "cuda" else {"skipped": "--device cpu"},
     }
+
+
+def worker_export(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Export the artifacts of every layer for `spec["engines"]` with this interpreter's
+    onnxruntime (the ORT training artifacts need onnxruntime-training)."""
+    import onnxruntime as ort
+
+    from ...export.exporter import export
+
+    weights = _weights()
+    out = {}
+    for layer in spec["layers"]:
+        directory = Path(spec["out"]) / ("art-" + layer.replace("/", "_"))
+        export(weights, layer, CLASSES, directory, engines=spec["engines"])
+        out[layer] = str(directory)
+    return {"artifacts": out, "versions": {"onnxruntime": ort.__version__, "python": sys.version.split()[0]}}
 
 
 def worker_torch_front(spec: Dict[str, Any]) -> Dict[str, Any]:
     from . import torch_baseline as tb
 
     tb.set_threads(spec["threads"])
-    res = tb.front_latency(_weights(), spec["layer"], _frames(max(spec["batches"])), spec["iters"], spec["warmup"],
-                           spec["batches"], spec["repeats"])
+    res = tb.front_latency(_weights(), spec["layer"], _frames(max(spec["batches"])), spec["iters"], spec["warmup"], spec["batches"],
+                           spec["repeats"])
     res["peak_rss_mb"] = core.peak_rss_mb()
     return res
 
@@ -236,17 +263,16 @@ def worker_torch_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     rss0 = core.rss_mb()
     tb.set_threads(spec["threads"])
-    rng = np.random.default_rng(SEED)
-    frames = _frames(spec["n_new"], seed=2)
-    labels = rng.integers(0, CLASSES, spec["n_new"]).astype(np.int64)
+    frames, labels = data.new_frames(spec["n_new"])
     res = tb.incremental_batch(_weights(), spec["layer"], CLASSES, frames, labels, spec["memory"], spec["epochs"],
-                               spec["step_repeats"], method=method_for(spec["layer"]), seed=SEED)
+                               spec["step_repeats"], variant=spec["variant"], method=method_for(spec["layer"]),
+                               seed=SEED)
     res["rss_after_imports_mb"] = rss0
     return res
 
 
 WORKERS = {"gemm": worker_gemm, "ours_front": worker_ours_front, "ours_batch": worker_ours_batch,
-           "torch_front": worker_torch_front, "torch_batch": worker_torch_batch}
+           "export": worker_export, "torch_front": worker_torch_front, "torch_batch": worker_torch_batch}
 
 
 def _worker_entry(spec_path: str, result_path: str) -> int:
@@ -256,25 +282,33 @@ def _worker_entry(spec_path: str, result_path: str) -> int:
     return 0
 
 
-def _thread_env(threads: int) -> Dict[str, str]:
+def package_env() -> Dict[str, str]:
+    """This environment with this package first on PYTHONPATH (for workers run by another interpreter)."""
     env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[key] = str(threads)
     root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
-def run_worker(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
-    """Run one worker in a fresh interpreter; its result, or {'error': ...}."""
-    name = f"{spec['kind']}-{spec.get('layer', '').replace('/', '_')}-{spec.get('storage', '')}"
+def _thread_env(threads: int) -> Dict[str, str]:
+    env = package_env()
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[key] = str(threads)
+    return env
+
+
+def run_worker(spec: Dict[str, Any], workdir: Path, python: Optional[str] = None) -> Dict[str, Any]:
+    """Run one worker in a fresh interpreter (`python`, default this one); its result, or {'error': ...}."""
+    parts = [spec["kind"], spec.get("layer", "").replace("/", "_"), spec.get("storage", ""),
+             spec.get("engine", ""), spec.get("variant", ""), f"t{spec['threads']}"]
+    name = "-".join(p for p in parts if p)
     spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
     spec_path.write_text(json.dumps(spec))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "latent_replay.apps.bench.workers", "--worker", str(spec_path),
-                               str(result_path)], env=_thread_env(spec["threads"]), capture_output=True,
-                              text=True, timeout=WORKER_TIMEOUT_S)
+        proc = subprocess.run([python or sys.executable, "-m", "latent_replay.apps.bench.workers", "--worker",
+                               str(spec_path), str(result_path)], env=_thread_env(spec["threads"]),
+                              capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"worker {name} timed out after {WORKER_TIMEOUT_S} s"}
     if proc.returncode != 0 or not result_path.is_file():
@@ -282,8 +316,6 @@ def run_worker(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
     result = json.loads(result_path.read_text())
     result["worker_wall_s"] = time.perf_counter() - t0
     return result
-
-
 
 
 def main(argv: Optional[List[str]] = None) -> int:
