@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""Latency and memory benchmark: `python benchmarks/bench_latency_memory.py --quick` (same as
-`latent-replay bench --quick`; see `--help`)."""
+"""Latency and memory benchmark, the step-graph engine against onnxruntime-training and PyTorch:
+`python benchmarks/bench_latency_memory.py --quick` (same as `latent-replay bench --quick`; add
+`--training-python PATH` for the onnxruntime-training row, `--threads 2,0` for the scaling; see
+`--help`)."""
 import os
 import sys
 
