@@ -212,8 +212,8 @@ def machine_info() -> Dict[str, Any]:
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags") and not flags:
                     have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16")
-                             if f in have]
+                    flags = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                                          "amx_tile", "amx_bf16") if f in have]
     except OSError:
         pass
     mem_total = 0.0

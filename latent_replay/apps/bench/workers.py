@@ -252,8 +252,8 @@ def worker_torch_front(spec: Dict[str, Any]) -> Dict[str, Any]:
     from . import torch_baseline as tb
 
     tb.set_threads(spec["threads"])
-    res = tb.front_latency(_weights(), spec["layer"], _frames(max(spec["batches"])), spec["iters"], spec["warmup"], spec["batches"],
-                           spec["repeats"])
+    res = tb.front_latency(_weights(), spec["layer"], _frames(max(spec["batches"])), spec["iters"], spec["warmup"],
+                           spec["batches"], spec["repeats"])
     res["peak_rss_mb"] = core.peak_rss_mb()
     return res
 
