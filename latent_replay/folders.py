@@ -4,12 +4,16 @@ Every command that writes a folder (`export --out`, `run --out`, `stream --state
 first. A folder that does not exist, is empty, or holds what the command itself writes (recognised
 by its marker files) may be written; anything else -- a folder with the user's own files, a file --
 is refused before anything is touched. `FolderLock` keeps a second process out of a folder that one
-process is writing (an advisory lock on a file inside it, released on exit).
+process is writing (an advisory lock on a file inside it, released on exit). A process killed while
+exporting into its folder leaves the exporter's temporary sibling (`.artifacts.partial-XXXX`): such
+leftovers of ours are not the user's files (they do not make a folder "not ours") and are removed by
+the next process that locks the folder.
 """
 from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +23,14 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".latent-replay.lock"
+# Temporary siblings the exporter writes and swaps (export/exporter.py: `.NAME.partial-XXXX` from
+# mkdtemp, `.NAME.old-PID` while replacing), left behind when the process is killed in between.
+LEFTOVERS = (".?*.partial-*", ".?*.old-[0-9]*")
+
+
+def is_leftover(name: str) -> bool:
+    """Whether `name` is a temporary folder entry of ours that a killed writer can leave behind."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in LEFTOVERS)
 
 
 class FolderError(ValueError):
@@ -66,7 +78,7 @@ def check_folder(path: Path, markers: Sequence[str], option: str, what: str,
     if not path.is_dir():
         raise FolderError(f"{option} {path} exists and is not a folder; choose another {option}")
     try:
-        names = sorted(n for n in os.listdir(path) if n != LOCK_NAME)
+        names = sorted(n for n in os.listdir(path) if n != LOCK_NAME and not is_leftover(n))
     except OSError as e:
         raise FolderError(f"cannot read {option} {path}: {e.strerror or e}") from None
     for other, description in others:
@@ -117,7 +129,20 @@ class FolderLock:
             self._file.truncate()
             self._file.write(str(os.getpid()))
             self._file.flush()
+            self._remove_leftovers()
         return self
+
+    def _remove_leftovers(self) -> None:
+        """Temporary folders a killed holder of this lock left (a partial export): nobody else can
+        be writing them now that we hold the lock."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:
+            path = self.folder / name
+            if is_leftover(name) and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:
         self.release()

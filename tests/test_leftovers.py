@@ -1,0 +1,60 @@
+"""A process killed while exporting into its folder (`run --out`, `stream --state`) leaves the
+exporter's temporary sibling `.artifacts.partial-XXXX`. Found by the crash tests (tests/test_crash.py):
+the same command then refused its own folder ("already holds other files (.artifacts.partial-...)
+and is not a run folder"). Such leftovers are ours: they do not make a folder foreign, and the next
+process that locks the folder removes them. Anything else stays refused and untouched."""
+from __future__ import annotations
+
+import pytest
+
+from latent_replay.cli import main
+from latent_replay.folders import LOCK_NAME, FolderError, FolderLock, check_folder, is_leftover
+from safety_helpers import CWR, error_line
+
+
+def partial_export(folder):
+    leftover = folder / ".artifacts.partial-k2v9x_1a"
+    (leftover / "back").mkdir(parents=True)
+    (leftover / "front.onnx").write_bytes(b"half an export")
+    (folder / LOCK_NAME).write_text("12345")  # the killed process's pid, its lock long released
+    return leftover
+
+
+def test_leftover_names():
+    assert is_leftover(".artifacts.partial-k2v9x_1a") and is_leftover(".artifacts.old-4242")
+    for name in ("artifacts", ".artifacts", "notes.partial-1", ".partial-x", ".artifacts.older", "run0", LOCK_NAME):
+        assert not is_leftover(name), name
+
+
+def test_a_folder_with_only_a_partial_export_is_ours(tmp_path):
+    partial_export(tmp_path)
+    check_folder(tmp_path, ["results.json"], "--out", "a run folder")  # accepted as empty
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FolderError, match="notes.txt"):
+        check_folder(tmp_path, ["results.json"], "--out", "a run folder")
+
+
+def test_the_lock_removes_leftover_folders_only(tmp_path):
+    leftover = partial_export(tmp_path)
+    (tmp_path / ".artifacts.partial-file").write_text("a file of that name is not ours")
+    (tmp_path / ".hidden").mkdir()
+    with FolderLock(tmp_path, "--out"):
+        assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".artifacts.partial-file", ".hidden", LOCK_NAME]
+
+
+def test_run_continues_in_a_folder_whose_first_export_was_killed(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = partial_export(out)
+    assert main(CWR + ["--out", str(out)]) == 0, capsys.readouterr().err
+    assert not leftover.exists() and (out / "artifacts" / "manifest.json").is_file()
+    # a user file beside the leftover is still refused, untouched
+    other = tmp_path / "other"
+    other.mkdir()
+    partial_export(other)
+    (other / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(CWR + ["--out", str(other)]) == 2
+    assert "notes.txt" in error_line(capsys.readouterr().err, "run")
+    assert (other / ".artifacts.partial-k2v9x_1a" / "front.onnx").is_file()
