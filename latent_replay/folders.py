@@ -23,14 +23,24 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".latent-replay.lock"
-# Temporary siblings the exporter writes and swaps (export/exporter.py: `.NAME.partial-XXXX` from
-# mkdtemp, `.NAME.old-PID` while replacing), left behind when the process is killed in between.
-LEFTOVERS = (".?*.partial-*", ".?*.old-[0-9]*")
+# Temporary siblings the exporter writes and swaps when `run`/`stream` export into their folder's
+# `artifacts/` (export/exporter.py: `.artifacts.partial-XXXX` from mkdtemp, `.artifacts.old-PID`
+# while replacing), left behind when the process is killed in between; they hold nothing but the
+# export's own files (FRONT_FILE, BACK_DIR, MANIFEST_NAME there).
+LEFTOVERS = (".artifacts.partial-*", ".artifacts.old-[0-9]*")
+EXPORT_ENTRIES = {"front.onnx", "back", "manifest.json"}
 
 
-def is_leftover(name: str) -> bool:
-    """Whether `name` is a temporary folder entry of ours that a killed writer can leave behind."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in LEFTOVERS)
+def is_leftover(folder: Path, name: str) -> bool:
+    """Whether `folder/name` is a temporary export of ours that a killed writer left behind: the
+    name and the content must both fit (a user's folder of that name with anything else is not)."""
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in LEFTOVERS):
+        return False
+    path = folder / name
+    try:
+        return path.is_dir() and not path.is_symlink() and set(os.listdir(path)) <= EXPORT_ENTRIES
+    except OSError:
+        return False
 
 
 class FolderError(ValueError):
@@ -78,7 +88,7 @@ def check_folder(path: Path, markers: Sequence[str], option: str, what: str,
     if not path.is_dir():
         raise FolderError(f"{option} {path} exists and is not a folder; choose another {option}")
     try:
-        names = sorted(n for n in os.listdir(path) if n != LOCK_NAME and not is_leftover(n))
+        names = sorted(n for n in os.listdir(path) if n != LOCK_NAME and not is_leftover(path, n))
     except OSError as e:
         raise FolderError(f"cannot read {option} {path}: {e.strerror or e}") from None
     for other, description in others:
@@ -140,9 +150,8 @@ class FolderLock:
         except OSError:
             return
         for name in names:
-            path = self.folder / name
-            if is_leftover(name) and path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
+            if is_leftover(self.folder, name):
+                shutil.rmtree(self.folder / name, ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -15,15 +15,31 @@ from safety_helpers import CWR, error_line
 def partial_export(folder):
     leftover = folder / ".artifacts.partial-k2v9x_1a"
     (leftover / "back").mkdir(parents=True)
+    (leftover / "back" / "step.onnx").write_bytes(b"half an export")
     (leftover / "front.onnx").write_bytes(b"half an export")
     (folder / LOCK_NAME).write_text("12345")  # the killed process's pid, its lock long released
     return leftover
 
 
-def test_leftover_names():
-    assert is_leftover(".artifacts.partial-k2v9x_1a") and is_leftover(".artifacts.old-4242")
-    for name in ("artifacts", ".artifacts", "notes.partial-1", ".partial-x", ".artifacts.older", "run0", LOCK_NAME):
-        assert not is_leftover(name), name
+def test_what_counts_as_a_leftover(tmp_path):
+    from latent_replay.export.exporter import BACK_DIR, FRONT_FILE
+    from latent_replay.export.manifest import MANIFEST_NAME
+
+    from latent_replay import folders
+
+    assert folders.EXPORT_ENTRIES == {FRONT_FILE, BACK_DIR, MANIFEST_NAME}
+    partial_export(tmp_path)
+    (tmp_path / ".artifacts.old-4242").mkdir()
+    (tmp_path / ".artifacts.old-4242" / MANIFEST_NAME).write_text("{}")
+    assert is_leftover(tmp_path, ".artifacts.partial-k2v9x_1a") and is_leftover(tmp_path, ".artifacts.old-4242")
+    # other names, files, and folders of that name holding anything else are the user's
+    for name in ("artifacts", ".artifacts", ".state.partial-1", ".artifacts.older", ".artifacts.partial-mine"):
+        (tmp_path / name).mkdir()
+    (tmp_path / ".artifacts.partial-mine" / "photo.jpg").write_bytes(b"mine")
+    (tmp_path / ".artifacts.partial-file").write_text("")
+    for name in ("artifacts", ".artifacts", ".state.partial-1", ".artifacts.older", ".artifacts.partial-file",
+                 ".artifacts.partial-mine", LOCK_NAME, "missing"):
+        assert not is_leftover(tmp_path, name), name
 
 
 def test_a_folder_with_only_a_partial_export_is_ours(tmp_path):
@@ -37,10 +53,14 @@ def test_a_folder_with_only_a_partial_export_is_ours(tmp_path):
 def test_the_lock_removes_leftover_folders_only(tmp_path):
     leftover = partial_export(tmp_path)
     (tmp_path / ".artifacts.partial-file").write_text("a file of that name is not ours")
+    (tmp_path / ".artifacts.old-77").mkdir()
+    (tmp_path / ".artifacts.old-77" / "notes.txt").write_text("not an export's file: not ours")
     (tmp_path / ".hidden").mkdir()
     with FolderLock(tmp_path, "--out"):
         assert not leftover.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".artifacts.partial-file", ".hidden", LOCK_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".artifacts.old-77", ".artifacts.partial-file", ".hidden",
+                                                           LOCK_NAME]
+    assert (tmp_path / ".artifacts.old-77" / "notes.txt").read_text() == "not an export's file: not ours"
 
 
 def test_run_continues_in_a_folder_whose_first_export_was_killed(tmp_path, capsys):
