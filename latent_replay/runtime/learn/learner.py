@@ -68,6 +68,7 @@ class Learner:
         self.batches_trained = 0
         self.last_batch_index = -1
         self.lr = self.config.lr_first
+        self._last_brn = self.brn.current()  # r_max, d_max of the last step (reported per batch)
 
     def _make_pool(self) -> Any:
         if not self.config.uses_memory:
@@ -107,7 +108,7 @@ class Learner:
             self.pool.insert_batch(latents, labels, batch_index)
         self.batches_trained += 1
         self.last_batch_index = batch_index
-        r_max, d_max = self.brn.current()
+        r_max, d_max = self._last_brn
         stats = {"loss": float(np.mean(losses)), "time": time.perf_counter() - t0, "iterations": len(losses),
                  "new_per_mb": plan.new_per_mb, "replay_per_mb": plan.replay_per_mb, "lr": self.lr,
                  "r_max": r_max, "d_max": d_max}
@@ -163,7 +164,7 @@ class Learner:
         """One minibatch (numpy, or an OrtValue already on the device): the whole update in the engine."""
         for hook in self.hooks:
             hook.before_step(self)
-        r_max, d_max = self.brn.current()
+        r_max, d_max = self._last_brn = self.brn.current()
         loss = self.back.step(x, y, r_max, d_max)
         self.brn.advance(len(y))
         for hook in self.hooks:
