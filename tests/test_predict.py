@@ -219,3 +219,42 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     for args, words in cases:
         assert main(["predict"] + args) == 2, args
         assert words in only_line(capsys.readouterr().err, "predict"), args
+
+
+def test_artifacts_a_run_was_given_are_found_from_its_results(tmp_path, capsys):
+    """A run trained on --artifacts elsewhere has no OUT/artifacts: predict finds the recorded ones."""
+    art, out = tmp_path / "art", tmp_path / "out"
+    assert main(["export", "--latent-layer", "pool6", "--classes", "10", "--input-size", str(SIZE), "--out",
+                 str(art)]) == 0
+    assert main(["run", "CWR", "--artifacts", str(art), "--out", str(out), "--synthetic-batches", "2",
+                 "--synthetic-frames", "8", "--synthetic-size", str(SIZE), "--replay-memory", "10", "--quiet"]) == 0
+    assert not (out / "artifacts").exists()
+    frame = scenario().test_set().frames[:1]
+    cv2.imwrite(str(tmp_path / "f.png"), frame[0])
+    capsys.readouterr()
+    assert main(["predict", "--state", str(out / "run0" / "state"), "--json", str(tmp_path / "f.png")]) == 0
+    (line,) = json_lines(capsys.readouterr().out)
+    assert line["prediction"] in scenario().class_names
+
+
+def test_class_names_and_trained_classes_of_states():
+    """Stream class books, run records, and the fallbacks for states saved before runs recorded them."""
+    from latent_replay.apps.export_model import state_classes
+
+    head = np.zeros((4, 8), np.float32)
+    head[[1, 3]] = 1.0
+    arrays = {"param/mid_fc7/weight": head}
+    stream = state_classes({"meta": {"stream": {"class_names": ["cup", "pen"], "trained": [1]}},
+                            "arrays": arrays}, 4, "mid_fc7/weight")
+    assert stream.names == ["cup", "pen", "class_2", "class_3"] and stream.trained == [1]
+    run = state_classes({"meta": {"class_names": ["a", "b", "c", "d"], "batches_trained": 2,
+                                  "records": [{"classes": [0, 2]}, {"classes": [2]}]}, "arrays": arrays},
+                        4, "mid_fc7/weight")
+    assert run.names == ["a", "b", "c", "d"] and run.trained == [0, 2]
+    old_cwr = state_classes({"meta": {"batches_trained": 2, "records": [{}]},
+                             "arrays": dict(arrays, **{"cwr/past": np.array([0, 5, 0, 2])})}, 4, "mid_fc7/weight")
+    assert old_cwr.names == ["class_0", "class_1", "class_2", "class_3"] and old_cwr.trained == [1, 3]
+    old_naive = state_classes({"meta": {"batches_trained": 1}, "arrays": arrays}, 4, "mid_fc7/weight")
+    assert old_naive.trained == [1, 3]
+    fresh = state_classes({"meta": {"batches_trained": 0}, "arrays": arrays}, 4, "mid_fc7/weight")
+    assert fresh.trained == []
