@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -33,9 +33,11 @@ class StreamApp:
         self.typing: Optional[str] = None
         self.message, self._message_until = "", 0.0
         self.fps, self._last_t = 0.0, None
-        self.results: List[Tuple[int, Optional[str], Optional[str]]] = []  # (frame, predicted, truth)
+        # Running totals, not per-frame lists: a camera session runs for days (a list grew ~32 bytes
+        # a frame, found by the soak test, benchmarks/stream_soak.py).
+        self.scores: Dict[str, List[int]] = {}  # truth -> [frames predicted right, frames scored]
         self.trainings: List[Dict[str, Any]] = []
-        self.latencies: List[float] = []
+        self.latency_sum, self.latency_max, self.latency_count = 0.0, 0.0, 0
         self.quit = False
         self.last_view: Optional[np.ndarray] = None
         self._writer: Any = None
@@ -85,10 +87,14 @@ class StreamApp:
         latent, probs, latency = self.predictor(frame)
         label, confidence = self.predictor.smoothed(probs)
         training = self.teacher.busy
-        self.latencies.append(latency)
+        self.latency_sum += latency
+        self.latency_max = max(self.latency_max, latency)
+        self.latency_count += 1
         truth = self.schedule.truth_at(i) if self.schedule else None
         if truth is not None and not self.schedule.taught(i):
-            self.results.append((i, label, truth))
+            score = self.scores.setdefault(truth, [0, 0])
+            score[0] += int(label == truth)
+            score[1] += 1
         self.log.write("frame", frame=i, label=label, confidence=round(confidence, 4),
                        latency_ms=round(1e3 * latency, 3), t=round(started, 6), training=training,
                        weights=self.predictor.version, truth=truth)
@@ -262,16 +268,14 @@ class StreamApp:
     # -- summary --------------------------------------------------------------------------------
     def summary(self) -> Dict[str, Any]:
         """Accuracy on the frames with a ground truth that were not taught, and run statistics."""
-        per_class: Dict[str, List[int]] = {}
-        for _, pred, truth in self.results:
-            per_class.setdefault(truth, []).append(int(pred == truth))
-        hits = [h for v in per_class.values() for h in v]
-        lat = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(1)
+        right = sum(r for r, _ in self.scores.values())
+        scored = sum(n for _, n in self.scores.values())
         return {
-            "frames": self.frame_index, "evaluated_frames": len(hits),
-            "accuracy": float(np.mean(hits)) if hits else None,
-            "per_class_accuracy": {k: float(np.mean(v)) for k, v in per_class.items()},
+            "frames": self.frame_index, "evaluated_frames": scored,
+            "accuracy": right / scored if scored else None,
+            "per_class_accuracy": {k: r / n for k, (r, n) in self.scores.items()},
             "known_classes": [self.book.names[c] for c in self.book.known],
             "class_names": list(self.book.names), "trainings": len(self.trainings),
-            "latency_ms_mean": float(lat.mean()), "latency_ms_max": float(lat.max()),
+            "latency_ms_mean": 1e3 * self.latency_sum / self.latency_count if self.latency_count else 0.0,
+            "latency_ms_max": 1e3 * self.latency_max,
         }
