@@ -102,9 +102,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "rates = {n: self.lr * (c.head_lr_mult if n == self.head else 1.0) for n in active}",
              "rates = {n: self.lr for n in active}"),
     Mutation("brn-backward-no-k2", "BRN backward without the K2 (x_hat) term", GRAPH,
-             'dy = b.op("Add", [b.op("Mul", [dz, a], f"{n}/dz_a"), b.op("Mul", [yc, k2], f"{n}/yc_k2")], '
-             'f"{n}/dy_ab")',
-             'dy = b.op("Mul", [dz, a], f"{n}/dz_a")'),
+             'return b.op("Add", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3"), b.op("Mul", [yc, k2], f"{n}/yc_k2")],',
+             'return b.op("Identity", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3")],'),
     Mutation("dw-shift-off-by-one", "depthwise matrix form: shift matrix rows off by one", GRAPH,
              "iy, ix = s * oy + i - 1, s * ox + j - 1", "iy, ix = s * oy + i, s * ox + j - 1"),
     Mutation("dw-slices-backward-unflipped", "depthwise slices form: backward windows not flipped "
