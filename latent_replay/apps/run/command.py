@@ -10,6 +10,7 @@ from typing import Dict, List
 import numpy as np
 
 from ...export.manifest import ENGINES
+from ...runtime.learn.config import PRESETS
 from ...runtime.learn.methods import spellings
 from ..common import add_weights_arguments
 from .options import SYNTHETIC_DIFFICULTY, SYNTHETIC_MEMORY, SYNTHETIC_SETTINGS, SYNTHETIC_SIZE, RunOptions, \
@@ -38,8 +39,9 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replay-memory", "--replay_memory", dest="replay_memory", type=int, default=None,
                    help=f"replay memory size M, > 0 (default 1500; {SYNTHETIC_MEMORY} on the synthetic stream)")
     p.add_argument("--runs", default="0", help="NICv2 runs (batch orders), e.g. 0-4 (averaged); default 0")
-    p.add_argument("--preset", choices=["pytorch", "caffe"], default="pytorch",
-                   help="hyper-parameters of the PyTorch port (default) or of the Caffe code")
+    p.add_argument("--preset", choices=list(PRESETS), default="pytorch",
+                   help="pytorch (default): the PyTorch port's hyper-parameters with the paper's rules; port: the "
+                        "port's code exactly where it differs from the paper; caffe: the Caffe code's settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any learner setting, e.g. --set epochs=2 --set lr_later=1e-4 (repeatable)")
     p.add_argument("--storage", choices=["fp32", "fp16", "uint8"], default="fp32", help="replay pool dtype")

@@ -1,4 +1,11 @@
-"""Learner hyper-parameters: one dataclass, two presets (PyTorch port = default, Caffe).
+"""Learner hyper-parameters: one dataclass, three presets.
+
+- "pytorch" (default): the PyTorch port's hyper-parameters with the paper's semantics
+  (docs/algorithms.md);
+- "port": the same hyper-parameters and the official PyTorch port's code exactly where it differs
+  from the paper (`PORT_RULES`: CWR*'s class list, the BRN running std's start, the replay memory;
+  the README's presets table);
+- "caffe": the Caffe code's settings.
 
 Every value of a preset can be overridden: `LearnerConfig.preset("caffe", replay="no", lr_later=1e-3)`.
 Values that the Caffe code derives from other settings (learning rate and BRN momentum of the later
@@ -15,11 +22,16 @@ from ..replay.pool import STORAGES
 from .methods import METHOD_NAMES, Method, method as method_named
 
 REPLAYS = ("no", "pure", "latent")
-PRESETS = ("pytorch", "caffe")
+PRESETS = ("pytorch", "port", "caffe")
 BRN_RAMPS = ("pytorch", "caffe")
 REPLAY_SHUFFLES = ("none", "batch", "epoch")
 SI_MODES = ("penalty", "scale")
 UNSEEN_ROWS = ("trained", "zero")
+CWR_CLASS_LISTS = ("unique", "per_memory_entry")
+BRN_STD_STARTS = ("sqrt_var_eps", "sqrt_var")
+REPLAY_RULES = ("paper", "port")
+# Where the official PyTorch port's code differs from the paper (the "port" preset; README table).
+PORT_RULES = {"cwr_class_list": "per_memory_entry", "brn_std_start": "sqrt_var", "replay_rules": "port"}
 
 # Weights the Caffe preset never trains: conv1 and all depthwise convs (their scale/shift still train).
 CAFFE_FROZEN = ("conv1/weight", "/dw/weight")
@@ -71,6 +83,17 @@ class LearnerConfig:
     replay_shuffle: str = "none"
     pad_without_replay: bool = True  # pad to whole minibatches when there is no memory (port)
     cwr_unseen_rows: str = "trained"  # inference rows of never-consolidated classes: trained | zero
+    # CWR*'s list of the batch's classes: each class once ("unique", the paper), or the new batch's
+    # classes once plus one entry per memory pattern ("per_memory_entry", the port): the average is
+    # then weighted by those counts and a class's running average is applied once per entry.
+    cwr_class_list: str = "unique"
+    # BRN running std before the first batch: the export's sqrt(var + eps), or sqrt(var) (the port
+    # builds it from the pretrained running variance without eps). The update rule is the same.
+    brn_std_start: str = "sqrt_var_eps"
+    # Replay memory and minibatches: "paper" (docs/algorithms.md) or "port" (the port's code: the
+    # memory is filled from the epoch-0 minibatches, never grows after its first filling, the
+    # replayed share of a minibatch comes from the configured M, short slices instead of wrapping).
+    replay_rules: str = "paper"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +114,8 @@ class LearnerConfig:
             values["replay"] = "no"  # the upper bound keeps every pattern, not a replay memory
         if name == "caffe":
             values.update(_caffe_values(overrides))
+        if name == "port":
+            values.update(PORT_RULES)
         values.update(overrides)
         if "frozen_weights" in values:
             values["frozen_weights"] = tuple(values["frozen_weights"])
@@ -130,6 +155,9 @@ class LearnerConfig:
         _choice("replay_shuffle", self.replay_shuffle, REPLAY_SHUFFLES)
         _choice("si_mode", self.si_mode, SI_MODES)
         _choice("cwr_unseen_rows", self.cwr_unseen_rows, UNSEEN_ROWS)
+        _choice("cwr_class_list", self.cwr_class_list, CWR_CLASS_LISTS)
+        _choice("brn_std_start", self.brn_std_start, BRN_STD_STARTS)
+        _choice("replay_rules", self.replay_rules, REPLAY_RULES)
         if self.replay != "no" and int(self.replay_memory) <= 0:
             raise ValueError(f"replay memory size must be > 0, got {self.replay_memory} "
                              f"(use replay 'no' to train without a memory)")

@@ -16,12 +16,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ...export.format import momentum_name
+from ...models.graph import BRN_EPS
 from ..state import STATE_META, load_state, save_state, state_dir
 from .brn import BrnSchedule
 from .config import LearnerConfig
 from .cwr import Cwr
 from .hooks import LearnerHooks
-from .replay import minibatches, plan_minibatches
+from .replay import epoch0_patterns, minibatches, new_order, plan_minibatches, plan_port
 from .si import SynapticIntelligence
 
 STATE_FORMAT = 2  # 2: momentum of every parameter, engine-side SI trajectory
@@ -50,7 +51,8 @@ class Learner:
         self.carried: List[str] = list(back.carried)
         frozen = tuple(self.config.frozen_weights)
         self._train_all = [n for n in self.trainable if not any(s in n for s in frozen)]
-        self.cwr = Cwr(self.classes, back.shape(self.head)[1], self.config.cwr_unseen_rows) if self.method.cwr else None
+        self.cwr = (Cwr(self.classes, back.shape(self.head)[1], self.config.cwr_unseen_rows, self.config.cwr_class_list)
+                    if self.method.cwr else None)
         self.si: Optional[SynapticIntelligence] = None
         if self.method.si:
             back.enable_si()
@@ -91,21 +93,33 @@ class Learner:
         batch_index = int(batch_index)
         if batch_index < 0:
             raise ValueError(f"batch_index must be >= 0, got {batch_index}")
+        if self.batches_trained == 0 and self.config.brn_std_start == "sqrt_var":
+            self._running_std_without_eps()
         self._begin_batch(batch_index, labels)
         if self.method.cumulative:
             self._seen[0].append(latents)
             self._seen[1].append(labels)
             latents, labels = np.concatenate(self._seen[0]), np.concatenate(self._seen[1])
+        port = self.config.replay_rules == "port"
         n_mem = len(self.pool) if self.pool is not None else 0
-        plan = plan_minibatches(len(latents), n_mem, self.config.minibatch, self.config.pad_without_replay)
+        if port:
+            plan = plan_port(len(latents), n_mem, self.config.replay_memory, self.config.minibatch,
+                             self.config.pad_without_replay)
+        else:
+            plan = plan_minibatches(len(latents), n_mem, self.config.minibatch, self.config.pad_without_replay)
         epochs = self.config.epochs_for(batch_index)
         for hook in self.hooks:
             hook.begin_batch(self, batch_index, plan, plan.iterations * epochs)
+        order = new_order(len(latents), plan, self._rng)
         losses = [self._step(x, y) for x, y in minibatches(latents, labels, plan, self.pool, epochs, self._rng,
-                                                           self.config, self._on_device)]
+                                                           self.config, self._on_device, order)]
         self._end_batch()
         if self.pool is not None and not self.method.cumulative:
-            self.pool.insert_batch(latents, labels, batch_index)
+            if port:  # the port stores what its epoch-0 minibatches held; the memory keeps its first size
+                kept = epoch0_patterns(order, plan)
+                self.pool.insert_batch(latents[kept], labels[kept], batch_index, grow=False)
+            else:
+                self.pool.insert_batch(latents, labels, batch_index)
         self.batches_trained += 1
         self.last_batch_index = batch_index
         r_max, d_max = self._last_brn
@@ -135,6 +149,15 @@ class Learner:
         if self.method.head_only_later and batch_index > 0:
             return [self.head]
         return list(self._train_all)
+
+    def _running_std_without_eps(self) -> None:
+        """The port's start of the BRN running std: sqrt(var) of the pretrained statistics, without
+        the eps the export adds (its running std is sqrt(var + eps), eps 1e-5 as in the PyTorch
+        weights). Done once, before the first batch."""
+        for name in self.carried:
+            if name.endswith("/running_std"):
+                std = self.back.get(name).astype(np.float64)
+                self.back.set(name, np.sqrt(np.maximum(std * std - BRN_EPS, 0.0)).astype(np.float32))
 
     def _begin_batch(self, batch_index: int, labels: np.ndarray) -> None:
         """Learning rate, BRN phase, CWR* reset and SI's importance for this batch."""

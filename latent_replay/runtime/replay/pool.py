@@ -3,7 +3,9 @@
 The insertion rule (docs/algorithms.md): after training batch i (0-based), choose
 `h = min(M // (i + 1), len(batch))` random patterns of the batch (without replacement) and write them
 into the empty slots first, then over h random filled slots (without replacement). A label always
-travels with its own activation.
+travels with its own activation. With `grow=False` (the PyTorch port's rule) only the first
+insertion fills empty slots: later ones overwrite `min(h, size)` random filled slots, so the memory
+keeps the size of its first filling.
 
 Storage modes:
 
@@ -124,25 +126,29 @@ class ReplayPoolBase(abc.ABC):
         return np.bincount(self._labels[: self._size], minlength=num_classes)[:num_classes]
 
     # ---- insertion -----------------------------------------------------------------------------
-    def select(self, n: int, batch_index: int) -> Tuple[np.ndarray, np.ndarray]:
-        """The insertion rule: (indices into the batch, destination slots); advances the RNG."""
+    def select(self, n: int, batch_index: int, grow: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """The insertion rule: (indices into the batch, destination slots); advances the RNG.
+        `grow=False`: empty slots are filled only while the memory is empty (see the module docstring)."""
         if batch_index < 0:
             raise ValueError(f"batch_index must be >= 0, got {batch_index}")
         h = min(self._capacity // (batch_index + 1), n)
+        fixed = not grow and self._size > 0
+        if fixed:
+            h = min(h, self._size)
         if h <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         src = self._rng.choice(n, size=h, replace=False).astype(np.int64)
-        n_empty = min(h, self._capacity - self._size)
+        n_empty = 0 if fixed else min(h, self._capacity - self._size)
         empty = np.arange(self._size, self._size + n_empty, dtype=np.int64)
         rest = h - n_empty
         filled = (self._rng.choice(self._size, size=rest, replace=False).astype(np.int64)
                   if rest else np.zeros(0, np.int64))
         return src, np.concatenate([empty, filled])
 
-    def insert_batch(self, latents: np.ndarray, labels: np.ndarray, batch_index: int) -> int:
+    def insert_batch(self, latents: np.ndarray, labels: np.ndarray, batch_index: int, grow: bool = True) -> int:
         """Add patterns of training batch `batch_index` by the insertion rule; returns h."""
         latents, labels = self._check_batch(latents, labels)
-        src, slots = self.select(len(latents), batch_index)
+        src, slots = self.select(len(latents), batch_index, grow)
         if len(src) == 0:
             return 0
         if self._quantized and not self._scale_set:
