@@ -14,20 +14,22 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...runtime.sources.base import SourceError
-from .common import SYNTHETIC_PERIOD, StreamError
+from .common import SYNTHETIC_DIFFICULTY, SYNTHETIC_PERIOD, StreamError
 
 
 class SyntheticStream:
     """An endless live-like source: the built-in synthetic objects, one after another, each shown
-    for `period` frames while it turns (`SyntheticScenario`, session 0)."""
+    for `period` frames while it turns (`SyntheticScenario`, session 0, at `difficulty`: see
+    `common.SYNTHETIC_DIFFICULTY`)."""
 
     is_live = False  # never stops delivering frames, so there is nothing to reconnect
 
-    def __init__(self, input_size: int, objects: int = 3, seed: int = 0, period: int = SYNTHETIC_PERIOD) -> None:
+    def __init__(self, input_size: int, objects: int = 3, seed: int = 0, period: int = SYNTHETIC_PERIOD,
+                 difficulty: float = SYNTHETIC_DIFFICULTY) -> None:
         from ...runtime.sources.synthetic import SyntheticScenario
 
         self.scenario = SyntheticScenario(classes=max(2, objects), first_classes=1, input_size=input_size,
-                                          seed=seed)
+                                          seed=seed, difficulty=difficulty)
         self.objects, self.period, self.k = objects, period, 0
 
     def read(self) -> Optional[np.ndarray]:

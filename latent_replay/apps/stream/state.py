@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ...models import mobilenet_v1 as net
-from .common import DEFAULT_EPOCHS, DEFAULT_LR, STREAM_META, WINDOW, StreamError
+from .common import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_REPLAY_SHUFFLE, STREAM_META, WINDOW, StreamError
 from .live import ClassBook
 from .options import StreamOptions
 from .schedule import Schedule
@@ -82,7 +82,7 @@ def make_config(opts: StreamOptions, method: str):
     try:
         return LearnerConfig.preset("pytorch", method=method, epochs_first=epochs, epochs=epochs,
                                     replay_memory=opts.replay_memory, seed=opts.seed,
-                                    **LearnerConfig.small_stream_settings(lr))
+                                    replay_shuffle=DEFAULT_REPLAY_SHUFFLE, **LearnerConfig.small_stream_settings(lr))
     except ValueError as e:
         raise StreamError(str(e)) from None
 
