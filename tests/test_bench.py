@@ -165,6 +165,7 @@ def _check_compare_rows(r: dict, threads: int, layer: str) -> None:
         assert row["front_frames"] == q["n_new"], name  # the front once per frame on every side
         assert row["trained_parameters"] == _trained_parameters(layer), name
         assert len(row["head_fingerprint"]) == workers.CLASSES
+        assert len(row["load_average_1m"]) == 2  # the machine's load around the row, shown beside it
         e = d[name]
         cost = report.net.split_cost(layer)
         assert e["mac_rate_batch"]["macs"] == q["n_new"] * cost.front_macs + \

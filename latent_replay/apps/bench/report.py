@@ -320,7 +320,7 @@ def _compare_table(results: Dict[str, Any], t: str, layer: str) -> List[str]:
              f"{any_row.get('epochs', '?')} epochs = {any_row.get('iterations', '?')} steps of "
              f"{any_row.get('new_per_mb', '?')} + {any_row.get('replay_per_mb', '?')}",
              f"{'':<58}  batch s  front s  step p50 ms  MAC%GEMM  peak RSS MiB  step engine faster: batch   step"
-             f"  output layer vs step"]
+             f"  output layer vs step  load"]
     for name in COMPARE_ROWS:
         row = rows.get(name)
         if row is None:
@@ -334,10 +334,16 @@ def _compare_table(results: Dict[str, Any], t: str, layer: str) -> List[str]:
                      f"  {row['batch_step_s']['p50'] * 1e3:>11.1f}"
                      f"  {_f(e.get('mac_rate_batch', {}).get('fraction_of_gemm'), '.1%'):>8}  {row['peak_rss_mb']:>12.0f}"
                      f"  {_f(e.get('batch_speedup'), '.2f'):>24}x {_f(e.get('step_speedup'), '.2f'):>5}x"
-                     f"  {_f(e.get('fingerprint_distance'), '.1e'):>20}")
+                     f"  {_f(e.get('fingerprint_distance'), '.1e'):>20}  {_load(row)}")
     lines.append("  front once per frame on every side except the (extra) row; step = the back's forward, backward "
-                 "and update; output layer vs step: |difference| / |step| of the trained output layer")
+                 "and update; output layer vs step: |difference| / |step| of the trained output layer; load: the "
+                 "machine's 1-minute load average before/after the row")
     return lines
+
+
+def _load(row: Dict[str, Any]) -> str:
+    load = row.get("load_average_1m") or [None, None]
+    return "/".join(_f(x, ".1f") for x in load)
 
 
 

@@ -304,6 +304,7 @@ def run_worker(spec: Dict[str, Any], workdir: Path, python: Optional[str] = None
     name = "-".join(p for p in parts if p)
     spec_path, result_path = workdir / f"{name}.spec.json", workdir / f"{name}.result.json"
     spec_path.write_text(json.dumps(spec))
+    load = _load()
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([python or sys.executable, "-m", "latent_replay.apps.bench.workers", "--worker",
@@ -315,7 +316,12 @@ def run_worker(spec: Dict[str, Any], workdir: Path, python: Optional[str] = None
         return {"error": f"worker {name} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
     result = json.loads(result_path.read_text())
     result["worker_wall_s"] = time.perf_counter() - t0
+    result["load_average_1m"] = [load, _load()]  # before and after: other work on a shared machine shows here
     return result
+
+
+def _load() -> Optional[float]:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
