@@ -24,12 +24,13 @@ def test_shipped_demo_schedule_learns(tmp_path):
     log = tmp_path / "log.jsonl"
     schedule = json.loads(SCHEDULE.read_text())
     last = max(seg["frames"][1] for seg in schedule["teach"] + schedule["truth"])
+    # exactly the documented command (plus where to keep state and log): it ends with the schedule
     code = main(["stream", "--source", "synthetic", "--headless", "--schedule", str(SCHEDULE),
-                 "--max-frames", str(last + 1), "--weights", "random", "--state", str(tmp_path / "state"),
-                 "--log", str(log)])
+                 "--weights", "random", "--state", str(tmp_path / "state"), "--log", str(log)])
     assert code == 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
     summary = next(r for r in records if r["type"] == "summary")
+    assert summary["frames"] == last + 1  # the endless source stopped after the schedule's last frame
     trainings = [(r["label"], r["submitted_frame"], r["end_frame"]) for r in records if r["type"] == "training"]
     assert summary["known_classes"] == schedule["classes"] and len(trainings) == 3
     last_teach = max(seg["frames"][1] for seg in schedule["teach"])

@@ -70,6 +70,8 @@ class StreamApp:
 
     def run(self) -> None:
         limit = self.opts.max_frames
+        if not limit and self.schedule is not None and self.schedule.last_frame() >= 0:
+            limit = self.schedule.last_frame() + 1  # a scripted session ends with its schedule
         try:
             while not self.quit and (not limit or self.frame_index < limit):
                 frame = self.next_frame()

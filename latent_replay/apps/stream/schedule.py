@@ -33,6 +33,10 @@ class Schedule:
     def taught(self, frame: int) -> bool:
         return any(frame in s for s in self.teach)
 
+    def last_frame(self) -> int:
+        """The last frame the schedule says anything about (-1 for an empty one)."""
+        return max((s.last for s in self.teach + self.truth), default=-1)
+
     def names(self) -> List[str]:
         """Every class name the schedule teaches, in order of first mention."""
         seen: Dict[str, None] = dict.fromkeys(self.classes)
