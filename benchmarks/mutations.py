@@ -112,6 +112,18 @@ MUTATIONS: Tuple[Mutation, ...] = (
              '[i, j])\n                    ends = b.ints(f"{n}/back_ends_{i}{j}", [i + h, j + h])'),
     Mutation("si-sign-flipped", "SI importance sign flipped (traj instead of -traj)", LEARN + "si.py",
              "c.si_c * -traj[n] /", "c.si_c * traj[n] /"),
+    # the `port` preset's rules (tests/test_port_preset.py)
+    Mutation("port-cwr-once-per-class", "port preset: CWR* running average once per class, not per memory entry",
+             LEARN + "cwr.py", "range(int(k.max()) if len(k) else 0)", "range(1 if len(k) else 0)"),
+    Mutation("port-replay-share-from-pool", "port preset: replayed share sized from the pool, not the configured M",
+             LEARN + "replay.py", "(n_new + int(memory_size))", "(n_new + int(n_mem))"),
+    Mutation("port-memory-all-patterns", "port preset: memory drawn from every pattern, not the epoch-0 minibatches",
+             LEARN + "learner.py", "latents[kept], labels[kept], batch_index, grow=False",
+             "latents, labels, batch_index, grow=False"),
+    Mutation("port-memory-grows", "port preset: the memory fills empty slots after batch 0", POOL,
+             "n_empty = 0 if fixed else min(h,", "n_empty = min(h,"),
+    Mutation("port-std-start-with-eps", "port preset: running std starts at sqrt(var + eps)", LEARN + "learner.py",
+             "std * std - BRN_EPS", "std * std"),
 )
 
 # Bugs the suite is allowed to miss: name -> why a test that catches it would be fragile (with the
