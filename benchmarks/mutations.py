@@ -28,10 +28,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 GRAPH = "latent_replay/export/step_graph.py"
+LAYERS = "latent_replay/export/step_layers.py"
 LEARN = "latent_replay/runtime/learn/"
 POOL = "latent_replay/runtime/replay/pool.py"
 # Test files run first (fast unit tests, then the oracles); every other test file follows in name order.
-FIRST = ("test_minibatch.py", "test_pool.py", "test_cwr.py", "test_si.py", "test_schedule_oracle.py",
+FIRST = ("test_minibatch.py", "test_pool.py", "test_cwr.py", "test_si.py", "test_schedule_oracle.py", "test_port_preset.py",
          "test_ar1_torch.py", "test_step_graph.py", "test_learners.py", "test_engines.py")
 
 
@@ -58,13 +59,13 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "            self.back.zero_momentum()  # the port", "            pass  # the port"),
     Mutation("brn-rate-first-batch", "batch 0 uses the later BRN running-statistics rate", LEARN + "brn.py",
              "self.momentum = c.brn_momentum_first", "self.momentum = c.brn_momentum_later"),
-    Mutation("eps-dropped-from-r", "BRN r = sqrt(var_B) / sigma (eps dropped from r only)", GRAPH,
+    Mutation("eps-dropped-from-r", "BRN r = sqrt(var_B) / sigma (eps dropped from r only)", LAYERS,
              'b.op("Div", [sigma_b, sigma], f"{n}/r_raw")',
              'b.op("Div", [b.op("Sqrt", [var_b], f"{n}/sigma_b_noeps"), sigma], f"{n}/r_raw")'),
     Mutation("eps-dropped-from-sigma-b", "sigma_B = sqrt(var_B) everywhere (r, normalization, backward, "
-             "running std)", GRAPH,
+             "running std)", LAYERS,
              'b.op("Add", [var_b, eps], f"{n}/var_eps")', 'b.op("Add", [var_b, b.scalar(0.0)], f"{n}/var_eps")'),
-    Mutation("eps-dropped-from-running-std", "running std moves towards sqrt(var_B) (eps dropped)", GRAPH,
+    Mutation("eps-dropped-from-running-std", "running std moves towards sqrt(var_B) (eps dropped)", LAYERS,
              "self._running_stats(layer, mu_b, sigma_b)",
              'self._running_stats(layer, mu_b, b.op("Sqrt", [var_b], f"{n}/sigma_b_noeps"))'),
     Mutation("cwr-no-sqrt", "CWR* consolidation weight past/cur without sqrt", LEARN + "cwr.py",
@@ -76,13 +77,13 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "self.cur = np.bincount(new_labels, minlength=n)[:n]"),
     Mutation("pool-h-off-by-one", "memory insertion h = M // (i + 2)", POOL,
              "h = min(self._capacity // (batch_index + 1), n)", "h = min(self._capacity // (batch_index + 2), n)"),
-    Mutation("brn-r-inverted", "BRN r = sigma / sigma_B", GRAPH,
+    Mutation("brn-r-inverted", "BRN r = sigma / sigma_B", LAYERS,
              'b.op("Div", [sigma_b, sigma], f"{n}/r_raw")', 'b.op("Div", [sigma, sigma_b], f"{n}/r_raw")'),
-    Mutation("brn-r-unclipped", "BRN r not clipped to [1/r_max, r_max]", GRAPH,
+    Mutation("brn-r-unclipped", "BRN r not clipped to [1/r_max, r_max]", LAYERS,
              'f"{n}/r_raw"), self.r_min, R_MAX], f"{n}/r")', 'f"{n}/r_raw")], f"{n}/r")'),
-    Mutation("brn-d-unclipped", "BRN d not clipped to [-d_max, d_max]", GRAPH,
+    Mutation("brn-d-unclipped", "BRN d not clipped to [-d_max, d_max]", LAYERS,
              'self.d_min, D_MAX], f"{n}/d")', '], f"{n}/d")'),
-    Mutation("running-std-with-var", "running std moves towards var_B (no sqrt)", GRAPH,
+    Mutation("running-std-with-var", "running std moves towards var_B (no sqrt)", LAYERS,
              "self._running_stats(layer, mu_b, sigma_b)", "self._running_stats(layer, mu_b, var_b)"),
     Mutation("plan-ceil-new", "minibatch plan: new per minibatch = ceil(N / groups)", LEARN + "replay.py",
              "new = max(1, n_new // groups)", "new = max(1, -(-n_new // groups))"),
@@ -101,13 +102,13 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("head-lr-mult-ignored", "the output layer's lr multiplier ignored", LEARN + "learner.py",
              "rates = {n: self.lr * (c.head_lr_mult if n == self.head else 1.0) for n in active}",
              "rates = {n: self.lr for n in active}"),
-    Mutation("brn-backward-no-k2", "BRN backward without the K2 (x_hat) term", GRAPH,
+    Mutation("brn-backward-no-k2", "BRN backward without the K2 (x_hat) term", LAYERS,
              'return b.op("Add", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3"), b.op("Mul", [yc, k2], f"{n}/yc_k2")],',
              'return b.op("Identity", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3")],'),
-    Mutation("dw-shift-off-by-one", "depthwise matrix form: shift matrix rows off by one", GRAPH,
+    Mutation("dw-shift-off-by-one", "depthwise matrix form: shift matrix rows off by one", LAYERS,
              "iy, ix = s * oy + i - 1, s * ox + j - 1", "iy, ix = s * oy + i, s * ox + j - 1"),
     Mutation("dw-slices-backward-unflipped", "depthwise slices form: backward windows not flipped "
-             "(correlation instead of convolution)", GRAPH,
+             "(correlation instead of convolution)", LAYERS,
              '[2 - i, 2 - j])\n                    ends = b.ints(f"{n}/back_ends_{i}{j}", [2 - i + h, 2 - j + h])',
              '[i, j])\n                    ends = b.ints(f"{n}/back_ends_{i}{j}", [i + h, j + h])'),
     Mutation("si-sign-flipped", "SI importance sign flipped (traj instead of -traj)", LEARN + "si.py",
