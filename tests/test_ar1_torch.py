@@ -36,13 +36,7 @@ def latents(rng, n, shape):
     return x.astype(np.float32), y.astype(np.int64)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread for torch and ORT alike: no thread-pool spinning against each other on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

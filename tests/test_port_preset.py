@@ -15,7 +15,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from latent_replay.cli import build_parser
 from latent_replay.export.exporter import export
@@ -32,12 +31,7 @@ from reference_learner import CLASSES, LATENT_LAYER, TOL, assert_learner_matches
 VISIBLE = 20 * TOL
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def small_variance_weights():

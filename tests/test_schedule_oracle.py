@@ -20,7 +20,6 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 
 from latent_replay.export.exporter import export
 from latent_replay.runtime.engine import Back
@@ -32,12 +31,7 @@ from reference_learner import (CLASSES, LATENT_LAYER, TOL, ReferenceLearner, ass
 VISIBLE = 20 * TOL  # how far a broken rule must move the reference
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
