@@ -150,8 +150,10 @@ def _check_compare_rows(r: dict, threads: int, layer: str) -> None:
     rows = r["compare"][str(threads)]["layers"][layer]
     d = r["derived"]["compare"][str(threads)][layer]
     assert set(rows) == set(report.COMPARE_ROWS)
-    if threads == r["threads"]:
-        assert rows["step"] == r["batch"][layer]["fp32"]  # the same measurement, not a second one
+    assert r["rounds"] == 1 and all(row["rounds_batch_s"] == [row["batch_s"]] for row in rows.values()
+                                    if "skipped" not in row)
+    if threads == r["threads"]:  # the same measurement, not a second one
+        assert {k: v for k, v in rows["step"].items() if k != "rounds_batch_s"} == r["batch"][layer]["fp32"]
     assert rows["step"]["engine"] == "step"
     assert rows["port"] == {"skipped": run.skipped_row("port", layer, True)}
     assert ("skipped" in rows["brn"]) == (layer == "pool6")
@@ -245,7 +247,7 @@ class FakeWorkers:
             return {"artifacts": {layer: f"/trained/{layer}" for layer in spec["layers"]}}
         if kind in ("ours_front", "torch_front"):
             return _made_up_results()["front"]["conv5_4/dw"]["ours" if kind == "ours_front" else "torch"]
-        row = dict(_row(30.0 / t, 0.5 / t), versions={}, trained_parameters=1)
+        row = dict(_row(30.0 / t + 0.01 * len(self.calls), 0.5 / t), versions={}, trained_parameters=1)
         if kind == "ours_batch":
             return dict(row, engine=spec["engine"] if "engine" in spec else "step", storage=spec["storage"],
                         pool=_pool(4096, 0))
@@ -253,35 +255,54 @@ class FakeWorkers:
 
 
 def test_orchestration_at_two_thread_counts(tmp_path, monkeypatch):
-    """What runs where: the figures at the first thread count, the comparison at each; the step
-    engine's fp32 batch reused as its comparison row at the first count and measured again at the
-    second; the ORT-training worker run by the training Python on the artifacts it exported; the
-    port only in full mode, the BRN row not above pool6; the scaling targets judged."""
+    """What runs where: the figures at the first thread count, the comparison at each in two
+    rounds (the second in reverse order; the faster round counts); the step engine's fp32 batch
+    reused as its first comparison round at the first count; the ORT-training worker run by the
+    training Python on the artifacts it exported; the port only in full mode, the BRN row not above
+    pool6; the scaling targets judged."""
     fake = FakeWorkers()
     monkeypatch.setattr(run, "run_worker", fake)
     monkeypatch.setattr(run, "_export_step", lambda layers, tmp: {layer: f"/step/{layer}" for layer in layers})
     monkeypatch.setattr(run, "training_python", lambda path: {"python": "/venv-training/python",
                                                               "onnxruntime": "1.19.2", "python_version": "3.11"})
     args = _args(tmp_path, "conv5_4/dw,pool6", threads="2,1")
+    args.rounds = 2
     r = run.benchmark(args, log=lambda msg: None)
-    assert r["thread_counts"] == [2, 1] and list(r["compare"]) == ["2", "1"]
+    assert r["thread_counts"] == [2, 1] and list(r["compare"]) == ["2", "1"] and r["rounds"] == 2
     calls = [(c["kind"], c.get("layer"), c.get("storage"), c.get("engine") or c.get("variant"), c["threads"],
               c["python"]) for c in fake.calls]
     assert calls[0] == ("export", None, None, None, 1, "/venv-training/python")
     assert [c for c in calls if c[0] == "gemm"] == [("gemm", None, None, None, t, None) for t in (2, 1)]
     for layer in ("conv5_4/dw", "pool6"):
         assert [c[2:] for c in calls if c[:2] == ("ours_batch", layer) and c[3] != "ort-training"] == \
-            [("fp32", None, 2, None), ("uint8", None, 2, None), ("fp32", "step", 1, None)]
+            [("fp32", None, 2, None), ("uint8", None, 2, None), ("fp32", "step", 2, None)] + \
+            [("fp32", "step", 1, None)] * 2
         assert [c[3:] for c in calls if c[:2] == ("ours_batch", layer) and c[3] == "ort-training"] == \
-            [("ort-training", t, "/venv-training/python") for t in (2, 1)]
+            [("ort-training", t, "/venv-training/python") for t in (2, 2, 1, 1)]
         variants = ["bn_fp32", "bn_bf16"] + (["brn"] if layer != "pool6" else [])
-        assert [c[3:5] for c in calls if c[:2] == ("torch_batch", layer)] == [(v, t) for t in (2, 1) for v in variants]
-        assert r["compare"]["2"]["layers"][layer]["step"] is r["batch"][layer]["fp32"]
+        assert [c[3:5] for c in calls if c[:2] == ("torch_batch", layer)] == \
+            [(v, t) for t in (2, 1) for v in variants + variants[::-1]]
+        for t in ("2", "1"):
+            rows = r["compare"][t]["layers"][layer]
+            assert rows["port"] == {"skipped": run.skipped_row("port", layer, True)}
+            for name in ("step", "ort_training", "bn_fp32"):  # the made-up first round is the faster one
+                first, second = rows[name]["rounds_batch_s"]
+                assert first < second and rows[name]["batch_s"] == first
+        step = dict(r["compare"]["2"]["layers"][layer]["step"])
+        assert step.pop("rounds_batch_s")[0] == r["batch"][layer]["fp32"]["batch_s"]
+        assert step == r["batch"][layer]["fp32"]
         assert r["compare"]["1"]["layers"][layer]["step"]["engine"] == "step"
     ort_calls = [c for c in fake.calls if c.get("engine") == "ort-training"]
     assert {c["artifacts"] for c in ort_calls} == {"/trained/conv5_4/dw", "/trained/pool6"}
     scaling = [t for t in r["derived"]["targets"] if "no lower than" in t["target"]]
     assert len(scaling) == 3 and all(t["met"] is not None for t in scaling)
+
+
+def test_best_round():
+    a, b = {"batch_s": 3.0}, {"batch_s": 2.0}
+    assert run.best_round([a, b]) == {"batch_s": 2.0, "rounds_batch_s": [3.0, 2.0]}
+    failed = {"error": "worker failed"}
+    assert run.best_round([a, failed]) is failed  # a failed round is never hidden by a good one
 
 
 def test_memory_slots_follow_the_pool():
@@ -338,6 +359,12 @@ def test_thread_counts():
     for bad in ("", "two", "2,-1", "1.5"):
         with pytest.raises(SystemExit, match="--threads"):
             run.parse_threads(bad)
+
+
+
+def test_rounds_must_be_positive(tmp_path, capsys):
+    assert run.main(["--quick", "--layers", "pool6", "--rounds", "0", "--out", str(tmp_path)]) == 2
+    assert "--rounds must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_training_python_is_checked_before_anything_runs(tmp_path, capsys):

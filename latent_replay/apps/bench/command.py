@@ -11,7 +11,8 @@ workers one at a time (the machine's cores are the resource measured), and colle
   side) trained by the step-graph engine, by onnxruntime-training (a worker run by
   `--training-python`: the two onnxruntime distributions cannot be installed together) and by
   PyTorch (fp32 with nn.BatchNorm2d, bf16 autocast + channels_last, the port's elementwise BRN, and
-  the port as written, front re-run every epoch).
+  the port as written, front re-run every epoch), in `--rounds` interleaved rounds, the fastest
+  round of each row counting.
 
 `report.py` derives the ratios and targets and prints the table.
 """
@@ -115,6 +116,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                                   "--layers")
     args.storage_list = _parse_list(args.storage, ["fp32", "fp16", "uint8"], "storage", "--storage")
     args.thread_counts = parse_threads(args.threads)
+    if args.rounds is not None and args.rounds < 1:
+        raise _argument_error(f"--rounds must be >= 1, got {args.rounds}")
     if args.device == "cuda":
         import onnxruntime as ort
 
@@ -201,26 +204,39 @@ def skipped_row(row: str, layer: str, quick: bool) -> Optional[str]:
 
 def _measure_compare(results: Dict[str, Any], base: Dict[str, Any], artifacts: Dict[str, str],
                      training: Dict[str, Any], torch_info: Optional[str], log: Log) -> Dict[str, Any]:
-    """Every comparison row of every layer at `base["threads"]`; the step engine's row reuses the
-    fp32 batch already measured at these threads."""
+    """Every comparison row of every layer at `base["threads"]`, in `results["rounds"]` rounds (each
+    round runs every row once, every other round in reverse order) so that other work on a shared
+    machine does not decide a ratio; the step engine's first round is the fp32 batch already
+    measured at these threads."""
     threads = base["threads"]
     out: Dict[str, Any] = {"gemm": results["gemm"] if threads == results["threads"]
                            else run_worker({**base, "kind": "gemm"}, Path(base["workdir"])), "layers": {}}
     for layer in results["layers"]:
         rows: Dict[str, Any] = {}
         for row in COMPARE_ROWS:
-            measured = results["batch"][layer].get("fp32") if threads == results["threads"] else None
-            if row == "step" and measured is not None:
-                rows[row] = measured
-                continue
             why = skipped_row(row, layer, results["quick"])
-            if why:
-                rows[row] = {"skipped": why}
-                continue
-            log(f"  compare {layer} {row}, {threads} thread(s) ...")
-            rows[row] = _compare_row(row, layer, base, artifacts, training, torch_info)
-        out["layers"][layer] = rows
+            rows[row] = {"skipped": why} if why else []
+        runnable = [row for row in COMPARE_ROWS if isinstance(rows[row], list)]
+        measured = results["batch"][layer].get("fp32") if threads == results["threads"] else None
+        for r in range(results["rounds"]):
+            for row in (runnable if r % 2 == 0 else runnable[::-1]):
+                if row == "step" and r == 0 and measured is not None:
+                    rows[row].append(measured)
+                    continue
+                log(f"  compare {layer} {row}, {threads} thread(s), round {r + 1} of {results['rounds']} ...")
+                rows[row].append(_compare_row(row, layer, base, artifacts, training, torch_info))
+        out["layers"][layer] = {row: best_round(v) if isinstance(v, list) else v for row, v in rows.items()}
     return out
+
+
+def best_round(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The round with the shortest incremental batch (other work only ever adds time), with every
+    round's batch time beside it; a failed or skipped round is the row's result."""
+    bad = [r for r in records if "error" in r or "skipped" in r]
+    if bad:
+        return bad[0]
+    best = min(records, key=lambda r: r["batch_s"])
+    return dict(best, rounds_batch_s=[r["batch_s"] for r in records])
 
 
 def benchmark(args: argparse.Namespace, log: Log = print) -> Dict[str, Any]:
@@ -236,6 +252,7 @@ def benchmark(args: argparse.Namespace, log: Log = print) -> Dict[str, Any]:
     results: Dict[str, Any] = {
         "machine": core.machine_info(), "threads": counts[0], "thread_counts": counts, "device": args.device,
         "quick": bool(args.quick), "ort_spinning": bool(args.spin), "params": params,
+        "rounds": args.rounds or (1 if args.quick else 2),
         "layers": args.layer_list, "storages": args.storage_list, "back_train_mac_factor": BACK_TRAIN_FACTOR,
         "torch": {"available": has_torch, "info": torch_info},
         "tegrastats": core.tegrastats_sample(),
@@ -275,6 +292,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a Python interpreter with onnxruntime-training 1.19.2 and this package importable "
                         "(e.g. another virtual environment's bin/python): it runs the onnxruntime-training "
                         "worker of the comparison; without it that row is reported as not measured")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of the engine/PyTorch comparison: each runs every row once, the fastest round of "
+                        "each row counts (default 2, 1 with --quick)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where the back trains and the pool lives (default cpu); the front is also measured "
                         "on CUDA/TensorRT whenever those providers are present")

@@ -318,9 +318,10 @@ def _compare_table(results: Dict[str, Any], t: str, layer: str) -> List[str]:
     lines = [f"COMPARISON {layer} ({any_row.get('method', method_for(layer))}), {t} threads: "
              f"one incremental batch, {any_row.get('n_new', '?')} new + {any_row.get('memory', '?')} memory x "
              f"{any_row.get('epochs', '?')} epochs = {any_row.get('iterations', '?')} steps of "
-             f"{any_row.get('new_per_mb', '?')} + {any_row.get('replay_per_mb', '?')}",
+             f"{any_row.get('new_per_mb', '?')} + {any_row.get('replay_per_mb', '?')}; each row the fastest of "
+             f"{results.get('rounds', 1)} round(s)",
              f"{'':<58}  batch s  front s  step p50 ms  MAC%GEMM  peak RSS MiB  step engine faster: batch   step"
-             f"  output layer vs step  load"]
+             f"  output layer vs step  load     rounds: batch s"]
     for name in COMPARE_ROWS:
         row = rows.get(name)
         if row is None:
@@ -334,7 +335,8 @@ def _compare_table(results: Dict[str, Any], t: str, layer: str) -> List[str]:
                      f"  {row['batch_step_s']['p50'] * 1e3:>11.1f}"
                      f"  {_f(e.get('mac_rate_batch', {}).get('fraction_of_gemm'), '.1%'):>8}  {row['peak_rss_mb']:>12.0f}"
                      f"  {_f(e.get('batch_speedup'), '.2f'):>24}x {_f(e.get('step_speedup'), '.2f'):>5}x"
-                     f"  {_f(e.get('fingerprint_distance'), '.1e'):>20}  {_load(row)}")
+                     f"  {_f(e.get('fingerprint_distance'), '.1e'):>20}  {_load(row):<7}  "
+                     + "/".join(_f(x, ".2f") for x in row.get("rounds_batch_s", [])))
     lines.append("  front once per frame on every side except the (extra) row; step = the back's forward, backward "
                  "and update; output layer vs step: |difference| / |step| of the trained output layer; load: the "
                  "machine's 1-minute load average before/after the row")
