@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available
 LAYER, CLASSES = "conv5_4/dw", 10
 # Operators that carry the work: each must run on the GPU (shape bookkeeping may stay on the CPU).
 HEAVY = {"MatMul", "Gemm", "FusedMatMul", "Mul", "Add", "Sub", "Div", "ReduceSum", "ReduceMean", "Relu", "BatchNormalization",
-         "Transpose", "Slice", "Pad", "Expand", "Sqrt", "Exp", "LogSoftmax", "Clip"}
+         "Transpose", "Slice", "Pad", "Expand", "Sqrt", "Exp", "LogSoftmax", "Clip", "HardSigmoid"}
 
 
 @pytest.fixture(scope="module")

@@ -155,3 +155,22 @@ def test_errors():
     with pytest.raises(ValueError):
         make_pool("tpu", 4, (4,))
     assert isinstance(make_pool("cpu", 4, (4,)), ReplayPool)
+
+
+@pytest.mark.parametrize("storage,dtype", [("fp32", np.float32), ("fp16", np.float32), ("uint8", np.float32),
+                                           ("fp32", np.uint8)])
+def test_gather_into_writes_what_gather_returns(storage, dtype):
+    """The minibatch assembly's one-pass gather into a slice equals gather() for every storage."""
+    rng = np.random.default_rng(0)
+    shape = (6, 3, 3) if dtype == np.float32 else (4, 4, 3)
+    pool = ReplayPool(20, shape, storage=storage, seed=1, input_dtype=dtype)
+    x = (np.abs(rng.standard_normal((20,) + shape)) * 3).astype(dtype) if dtype == np.float32 else \
+        rng.integers(0, 256, (20,) + shape, dtype=np.uint8)
+    pool.insert_batch(x, rng.integers(0, 5, 20), 0)
+    slots = np.array([4, 0, 19, 4, 7])
+    expected, labels = pool.gather(slots)
+    out = np.full((9,) + shape, 7, dtype)
+    got = pool.gather_into(slots, out[2:7])
+    np.testing.assert_array_equal(out[2:7], expected)
+    np.testing.assert_array_equal(got, labels)
+    assert (out[:2] == 7).all() and (out[7:] == 7).all()  # only the slice is written

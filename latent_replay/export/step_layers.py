@@ -255,10 +255,9 @@ class LayerOps:
         self._running_stats(layer, mu_b, sigma_b)
 
         def backward(dout: str) -> str:
-            # 0/1 mask of the ReLU: out >= 0, so min(out * 3e38, 1) is 0 exactly at 0 and 1 for every
-            # normal positive float (denormals are flushed to zero by the session); Sign is ~8x slower
-            big = b.scalar(3e38)
-            mask = b.op("Clip", [b.op("Mul", [out, big], f"{n}/out_big"), b.scalar(0.0), b.scalar(1.0)], f"{n}/mask")
+            # 0/1 mask of the ReLU in one pass: out >= 0, so HardSigmoid = min(1, 3e38 out) is 0 exactly at
+            # 0 and 1 for every normal positive float (the session flushes denormals); Sign is ~8x slower
+            mask = b.op("HardSigmoid", [out], f"{n}/mask", alpha=3e38, beta=0.0)
             dz = b.op("Mul", [dout, mask], f"{n}/dz")
             s1 = b.op("ReduceSum", [dz, axes], f"{n}/s1", keepdims=1)
             s2 = b.op("ReduceSum", [b.op("Mul", [dz, yc], f"{n}/dz_yc"), axes], f"{n}/s2", keepdims=1)

@@ -131,7 +131,5 @@ def minibatches(latents: np.ndarray, labels: np.ndarray, plan: MinibatchPlan, po
                 y[k:k + len(slots)] = my
                 yield batch, y[:k + len(slots)]
                 continue
-            mx, my = pool.gather(slots)
-            x[k:k + len(slots)] = mx
-            y[k:k + len(slots)] = my
+            y[k:k + len(slots)] = pool.gather_into(slots, x[k:k + len(slots)])
             yield x[:k + len(slots)], y[:k + len(slots)]
