@@ -33,7 +33,8 @@ LEARN = "latent_replay/runtime/learn/"
 POOL = "latent_replay/runtime/replay/pool.py"
 # Test files run first (fast unit tests, then the oracles); every other test file follows in name order.
 FIRST = ("test_minibatch.py", "test_pool.py", "test_cwr.py", "test_si.py", "test_schedule_oracle.py", "test_port_preset.py",
-         "test_ar1_torch.py", "test_step_graph.py", "test_learners.py", "test_engines.py")
+         "test_ar1_torch.py", "test_step_graph.py", "test_learners.py", "test_engines.py",
+         "test_cuda_graph_inputs.py")
 
 
 class Mutation(NamedTuple):
@@ -80,9 +81,9 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("brn-r-inverted", "BRN r = sigma / sigma_B", LAYERS,
              'b.op("Div", [sigma_b, sigma], f"{n}/r_raw")', 'b.op("Div", [sigma, sigma_b], f"{n}/r_raw")'),
     Mutation("brn-r-unclipped", "BRN r not clipped to [1/r_max, r_max]", LAYERS,
-             'f"{n}/r_raw"), self.r_min, R_MAX], f"{n}/r")', 'f"{n}/r_raw")], f"{n}/r")'),
+             'r = self._clip(', 'r = (lambda value, low, high, name: value)('),
     Mutation("brn-d-unclipped", "BRN d not clipped to [-d_max, d_max]", LAYERS,
-             'self.d_min, D_MAX], f"{n}/d")', '], f"{n}/d")'),
+             'd = self._clip(', 'd = (lambda value, low, high, name: value)('),
     Mutation("running-std-with-var", "running std moves towards var_B (no sqrt)", LAYERS,
              "self._running_stats(layer, mu_b, sigma_b)", "self._running_stats(layer, mu_b, var_b)"),
     Mutation("plan-ceil-new", "minibatch plan: new per minibatch = ceil(N / groups)", LEARN + "replay.py",
@@ -113,6 +114,12 @@ MUTATIONS: Tuple[Mutation, ...] = (
              '[i, j])\n                    ends = b.ints(f"{n}/back_ends_{i}{j}", [i + h, j + h])'),
     Mutation("si-sign-flipped", "SI importance sign flipped (traj instead of -traj)", LEARN + "si.py",
              "c.si_c * -traj[n] /", "c.si_c * traj[n] /"),
+    # the step engine's CUDA-graph bookkeeping (tests/test_cuda_graph_inputs.py, run uncaptured on the CPU)
+    Mutation("graph-stale-labels", "CUDA graphs: a replayed step keeps the labels it was captured with",
+             "latent_replay/runtime/engine/graphs.py", "            slot.labels.update_inplace(labels)\n", ""),
+    Mutation("graph-stale-device-tensor", "CUDA graphs: another device minibatch replayed at the captured address",
+             "latent_replay/runtime/engine/graphs.py", "if slot.owned or latent.data_ptr() != slot.latent.data_ptr():",
+             "if slot.owned:"),
     # the `port` preset's rules (tests/test_port_preset.py)
     Mutation("port-cwr-once-per-class", "port preset: CWR* running average once per class, not per memory entry",
              LEARN + "cwr.py", "range(int(k.max()) if len(k) else 0)", "range(1 if len(k) else 0)"),

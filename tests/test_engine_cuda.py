@@ -13,6 +13,8 @@ import pytest
 
 from latent_replay.export.exporter import export
 from latent_replay.runtime.engine import Back
+from latent_replay.runtime.engine import session as S
+from latent_replay.runtime.engine.step import StepBack
 from helpers import make_weights
 
 pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available
 LAYER, CLASSES = "conv5_4/dw", 10
 # Operators that carry the work: each must run on the GPU (shape bookkeeping may stay on the CPU).
 HEAVY = {"MatMul", "Gemm", "FusedMatMul", "Mul", "Add", "Sub", "Div", "ReduceSum", "ReduceMean", "Relu", "BatchNormalization",
-         "Transpose", "Slice", "Pad", "Expand", "Sqrt", "Exp", "LogSoftmax", "Clip", "HardSigmoid"}
+         "Transpose", "Slice", "Pad", "Expand", "Sqrt", "Exp", "LogSoftmax", "Max", "Min", "OneHot", "HardSigmoid"}
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,24 @@ def test_every_heavy_operator_runs_on_cuda(artifacts, tmp_path):
                      and e.get("args", {}).get("provider") == "CPUExecutionProvider"
                      and e["args"].get("op_name") in HEAVY})
     assert not on_cpu, f"operators that fell back to the CPU: {on_cpu}"
+
+
+@pytest.mark.skipif(S.ort_version() < S.CUDA_GRAPH_MIN_ORT, reason="CUDA graphs need onnxruntime-gpu >= 1.18")
+def test_captured_cuda_graph_steps_match_uncaptured_ones(artifacts):
+    """Steps replayed from the two captured graphs (and an uncaptured one of another size between
+    them) end in the state the same steps reach without capture."""
+    plain = StepBack(artifacts, device="cuda", cuda_graph=False)
+    graphed = StepBack(artifacts, device="cuda", cuda_graph=True)
+    for back in (plain, graphed):
+        back.configure(back.trainable, {n: 0.02 for n in back.trainable}, 0.9, 5e-4, 0.05)
+    initial = plain.parameters()
+    sizes = [32] * 6 + [20] + [32] * 3
+    for k, n in enumerate(sizes):
+        x, y = minibatch(n, seed=10 + k)
+        losses = [back.step(x, y, 1.0 + 0.02 * k, 0.05 * k) for back in (plain, graphed)]
+        assert abs(losses[0] - losses[1]) < 1e-4 * max(1.0, losses[0]), f"step {k}"
+    assert graphed._graphs.replays == len(sizes) - 1
+    for name in plain.state_names():
+        a, b = plain.get(name), graphed.get(name)
+        change = np.abs(a - initial.get(name, 0)).max()
+        assert np.abs(a - b).max() <= 1e-3 * change + 1e-6 * np.abs(a).max(), name

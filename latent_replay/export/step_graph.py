@@ -129,10 +129,6 @@ class StepGraph(LayerOps):
                 for key in ("F", "theta_star", "scale", "traj"):
                     b.input(si_names(p)[key], F, self._param_shape(p))
 
-        n = b.op("Shape", [labels], "batch/shape")
-        n_float = b.op("Cast", [n], "batch/n", to=F)
-        self.inv_n = b.op("Reciprocal", [n_float], "batch/inv_n")  # shape (1,)
-
         x = self._input(latent)
         for layer in self.layers:
             x = self._layer(layer, x)
@@ -220,6 +216,9 @@ class StepGraph(LayerOps):
         onehot = b.op("OneHot", [labels, b.ints("loss/depth", [self.classes]), b.g.const("loss/onehot_values",
                                                                                        np.array([0, 1], np.float32))],
                       "loss/onehot", axis=-1)
+        # 1 / batch size, counted on the device (each one-hot row sums to exactly 1): a Shape-derived
+        # count would be host memory feeding device operators, which keeps the step out of a CUDA graph
+        self.inv_n = b.op("Reciprocal", [b.op("ReduceSum", [onehot], "batch/n", keepdims=0)], "batch/inv_n")
         picked = b.op("ReduceSum", [b.op("Mul", [onehot, log_p], "loss/picked_all"), b.ints("axes/one", [1])],
                       "loss/picked", keepdims=0)
         loss = b.op("Neg", [b.op("ReduceMean", [picked], "loss/mean", keepdims=0)], "loss/value")

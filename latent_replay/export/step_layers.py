@@ -239,9 +239,9 @@ class LayerOps:
         sigma_b = b.op("Sqrt", [b.op("Add", [var_b, eps], f"{n}/var_eps")], f"{n}/sigma_b")
         mu = b.op("Reshape", [p["running_mean"], col], f"{n}/mu")
         sigma = b.op("Reshape", [p["running_std"], col], f"{n}/sigma")
-        r = b.op("Clip", [b.op("Div", [sigma_b, sigma], f"{n}/r_raw"), self.r_min, R_MAX], f"{n}/r")
-        d = b.op("Clip", [b.op("Div", [b.op("Sub", [mu_b, mu], f"{n}/d_shift"), sigma], f"{n}/d_raw"),
-                          self.d_min, D_MAX], f"{n}/d")
+        r = self._clip(b.op("Div", [sigma_b, sigma], f"{n}/r_raw"), self.r_min, R_MAX, f"{n}/r")
+        d = self._clip(b.op("Div", [b.op("Sub", [mu_b, mu], f"{n}/d_shift"), sigma], f"{n}/d_raw"),
+                       self.d_min, D_MAX, f"{n}/d")
         gamma = b.op("Reshape", [p["gamma"], col], f"{n}/gamma2d")
         beta = b.op("Reshape", [p["beta"], col], f"{n}/beta2d")
         gr = b.op("Mul", [gamma, r], f"{n}/gamma_r")
@@ -274,6 +274,13 @@ class LayerOps:
                         f"{n}/dy")
         self.tape.append(backward)
         return out
+
+    def _clip(self, x: str, low: str, high: str, name: str) -> str:
+        """min(max(x, low), high) with bounds computed on the device: Clip would do it in one node, but
+        the CUDA provider reads Clip's bounds from host memory, and the copies it would insert for
+        r_min = 1 / r_max keep the step from being captured as a CUDA graph."""
+        b = self.b
+        return b.op("Min", [b.op("Max", [x, low], f"{name}/low"), high], name)
 
     def _affine(self, x: str, scale: str, shift: str, c: int, name: str) -> str:
         """x * scale + shift per channel of a (C, M) tensor, in one pass: BatchNormalization in
