@@ -652,3 +652,23 @@ def test_tegrastats_that_prints_nothing(fake_path, tmp_path):
 def test_not_a_jetson(fake_path):
     out = core.tegrastats_sample()
     assert out["available"] is False and "not found" in out["reason"]
+
+
+def test_cuda_variants_switch_tf32_and_graphs_one_at_a_time(tmp_path, monkeypatch):
+    """With --device cuda the step engine's batch is also measured in exact fp32 and without CUDA
+    graphs (each worker gets its switches in its environment); the default variant is the batch
+    already measured, and the report shows every variant."""
+    fake = FakeWorkers()
+    monkeypatch.setattr(run, "run_worker", fake)
+    measured = dict(_row(0.2, 0.003), cuda_graph=True, tf32=True)
+    out = run._cuda_variants({"threads": 1, "workdir": str(tmp_path)}, "conv5_4/dw", "/step/x", {"fp32": measured},
+                             log=lambda msg: None)
+    assert out["tf32-graphs"] is measured
+    assert [(c["variant"], c["env"], c["storage"], c["artifacts"]) for c in fake.calls] == [
+        ("fp32-graphs", {"LATENT_REPLAY_CUDA_TF32": "0"}, "fp32", "/step/x"),
+        ("tf32-no-graphs", {"LATENT_REPLAY_CUDA_GRAPH": "0"}, "fp32", "/step/x"),
+        ("fp32-no-graphs", {"LATENT_REPLAY_CUDA_TF32": "0", "LATENT_REPLAY_CUDA_GRAPH": "0"}, "fp32", "/step/x")]
+    out["fp32-no-graphs"] = {"error": "worker failed"}
+    lines = report._cuda_table({"conv5_4/dw": out})
+    assert len(lines) == 5 and "worker failed" in lines[4]
+    assert lines[1].split()[:3] == ["conv5_4/dw", "tf32-graphs", "0.200"] and lines[1].split()[-2:] == ["yes", "yes"]

@@ -87,6 +87,7 @@ def _factories() -> Dict[str, Optional[Any]]:
         "onnxruntime.capi._pybind_state.load_checkpoint": getattr(C, "CheckpointState", None),
         "onnxruntime.get_available_providers": None,
         "onnxruntime.set_default_logger_severity": None,
+        "onnxruntime.__version__.split": None,
         "onnxruntime.capi._pybind_state.OrtDevice.cuda": None,
         "onnxruntime.capi._pybind_state.OrtDevice.cpu": None,
         "onnxruntime.capi._pybind_state.OrtDevice.default_memory": None,
@@ -187,7 +188,8 @@ class _Scanner(ast.NodeVisitor):
         for _ in range(3):
             for method in methods:
                 local: Dict[str, Any] = {}
-                for sub in ast.walk(method):
+                for sub in sorted((n for n in ast.walk(method) if isinstance(n, (ast.Assign, ast.Return))),
+                                  key=lambda n: (n.lineno, n.col_offset)):  # in source order
                     if isinstance(sub, ast.Assign):
                         cls = self.result_class(sub.value, local)
                         for t in sub.targets:

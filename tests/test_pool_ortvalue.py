@@ -17,6 +17,7 @@ import pytest
 from latent_replay.export.exporter import export
 from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
+from latent_replay.runtime.engine.step import StepBack
 from latent_replay.runtime.learn import Learner
 from latent_replay.runtime.replay.pool import ReplayPool
 from latent_replay.runtime.replay.cuda import OrtValueMinibatches
@@ -83,6 +84,8 @@ def test_the_tensor_is_allocated_once_per_shape():
     c, _ = pool.minibatch_ortvalue(new, [0])
     assert c.shape() == [3, 4]  # another size: a new tensor
     np.testing.assert_array_equal(b.numpy()[:2], new * 2)
+    d, _ = pool.minibatch_ortvalue(new, [6, 7, 8])
+    assert d.data_ptr() == ptr  # and back: each size keeps its tensor (CUDA graphs read fixed addresses)
     with pytest.raises(ValueError, match="do not fit"):
         pool.minibatch_ortvalue(np.ones((2, 5), np.float32), [0])
     with pytest.raises(IndexError):
@@ -105,8 +108,10 @@ class CountingBack:
         return self._back.step(latent, *args, **kwargs)
 
 
-def test_learner_on_device_branch_trains_like_the_host_branch(tmp_path):
-    """AR1*-free with minibatches handed over as OrtValues == the same learner with numpy minibatches."""
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["plain", "graph-bookkeeping"])
+def test_learner_on_device_branch_trains_like_the_host_branch(tmp_path, cuda_graph):
+    """AR1*-free with minibatches handed over as OrtValues == the same learner with numpy minibatches
+    (also through the CUDA-graph bookkeeping of the step engine, which the CPU runs uncaptured)."""
     export(make_weights(2), "conv6/dw", 5, tmp_path / "art")
     config = LearnerConfig.preset("pytorch", replay_memory=12, minibatch=8, epochs=1, epochs_first=1,
                                   lr_first=0.05, lr_later=0.05)
@@ -114,12 +119,14 @@ def test_learner_on_device_branch_trains_like_the_host_branch(tmp_path):
     stream = [(np.abs(rng.standard_normal((8, 1024, 4, 4))).astype(np.float32), rng.integers(0, 5, 8))
               for _ in range(3)]
     host = Learner(Back(tmp_path / "art", device="cpu", threads=1), config)
-    labelled = CountingBack(Back(tmp_path / "art", device="cpu", threads=1))
+    labelled = CountingBack(StepBack(tmp_path / "art", device="cpu", threads=1, cuda_graph=cuda_graph))
     device = Learner(labelled, config, HostOrtValuePool(12, (1024, 4, 4), seed=config.seed))
     for i, (x, y) in enumerate(stream):
         host.train_batch(x, y, i)
         device.train_batch(x, y, i)
     assert labelled.ortvalue_steps > 0  # the replayed minibatches went through the OrtValue path
+    if cuda_graph:
+        assert labelled._graphs.replays > 0
     for name, value in host.params.items():
         np.testing.assert_allclose(device.params[name], value, rtol=0, atol=1e-6, err_msg=name)
     probe = stream[0][0]

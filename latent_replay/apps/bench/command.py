@@ -174,6 +174,29 @@ def _measure_figures(results: Dict[str, Any], base: Dict[str, Any], artifacts: D
             results["batch"][layer][storage] = run_worker(
                 {**base, "kind": "ours_batch", "layer": layer, "storage": storage, "artifacts": artifacts[layer]},
                 Path(base["workdir"]))
+    if base["device"] == "cuda":
+        results["cuda_variants"] = {layer: _cuda_variants(base, layer, artifacts[layer], results["batch"][layer], log)
+                                    for layer in results["layers"]}
+
+
+CUDA_VARIANTS = {  # the step engine on CUDA: TF32 (the provider's default) or exact fp32, captured or not
+    "tf32-graphs": {}, "fp32-graphs": {"LATENT_REPLAY_CUDA_TF32": "0"},
+    "tf32-no-graphs": {"LATENT_REPLAY_CUDA_GRAPH": "0"},
+    "fp32-no-graphs": {"LATENT_REPLAY_CUDA_TF32": "0", "LATENT_REPLAY_CUDA_GRAPH": "0"}}
+
+
+def _cuda_variants(base: Dict[str, Any], layer: str, artifacts: str, batches: Dict[str, Any],
+                   log: Log) -> Dict[str, Any]:
+    """The fp32-pool incremental batch in each CUDA variant (the default one is already measured)."""
+    out: Dict[str, Any] = {}
+    for name, env in CUDA_VARIANTS.items():
+        if not env and "fp32" in batches:
+            out[name] = batches["fp32"]
+            continue
+        log(f"  incremental batch {layer} on CUDA, {name} ...")
+        out[name] = run_worker({**base, "kind": "ours_batch", "layer": layer, "storage": "fp32", "artifacts": artifacts,
+                                "variant": name, "env": env}, Path(base["workdir"]))
+    return out
 
 
 def _compare_row(row: str, layer: str, base: Dict[str, Any], artifacts: Dict[str, str],

@@ -216,6 +216,8 @@ def _f(v: Optional[float], fmt: str = ".2f", scale: float = 1.0) -> str:
 
 def table(results: Dict[str, Any]) -> str:
     lines = _header(results) + [""] + _front_table(results) + [""] + _batch_table(results)
+    if results.get("cuda_variants"):
+        lines += [""] + _cuda_table(results["cuda_variants"])
     for t in results.get("compare", {}):
         for layer in results["compare"][t]["layers"]:
             lines += [""] + _compare_table(results, t, layer)
@@ -270,6 +272,19 @@ def _front_table(results: Dict[str, Any]) -> List[str]:
             else:
                 lines.append(f"{'':<12} {prov}: " + (f"ERROR: {info['error']}" if "error" in info
                                                       else info.get("skipped", "skipped")))
+    return lines
+
+
+def _cuda_table(variants: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The step engine on CUDA: TF32 or exact fp32, with and without CUDA-graph capture."""
+    lines = ["CUDA STEP ENGINE (fp32 pool)   variant          batch s  step p50 ms  graphs  TF32"]
+    for layer, rows in variants.items():
+        for name, o in rows.items():
+            if not _ok(o):
+                lines.append(f"{layer:<12} {name:<16} {o}")
+                continue
+            lines.append(f"{layer:<12} {name:<16} {o['batch_s']:>7.3f}  {o['batch_step_s']['p50'] * 1e3:>11.2f}"
+                         f"  {'yes' if o.get('cuda_graph') else 'no':>6}  {'yes' if o.get('tf32') else 'no':>4}")
     return lines
 
 

@@ -195,6 +195,7 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     from ...runtime.learn.hooks import StepTimer
 
+    os.environ.update(spec.get("env", {}))  # engine switches (CUDA variants), read when sessions open
     rss0 = core.rss_mb()
     front, back, learner, pool = _open_learner(spec)
     frames, labels = data.new_frames(spec["n_new"])
@@ -214,6 +215,8 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "layer": spec["layer"], "method": learner.config.method, "storage": spec["storage"],
         "device": spec["device"], "engine": back.name, "versions": {"onnxruntime": ort.__version__},
+        "cuda_graph": bool(getattr(back, "cuda_graph", False)),
+        "tf32": spec["device"] == "cuda" and os.environ.get("LATENT_REPLAY_CUDA_TF32", "1") != "0",
         "n_new": spec["n_new"], "memory": spec["memory"], "epochs": spec["epochs"], "front_frames": spec["n_new"],
         "iterations": stats["iterations"], "new_per_mb": stats["new_per_mb"], "replay_per_mb": stats["replay_per_mb"],
         "step_s": core.percentiles(one_step or steps),

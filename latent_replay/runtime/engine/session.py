@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
@@ -45,15 +45,35 @@ def session_options(threads: int = 0, spin: bool = True) -> ort.SessionOptions:
     return options
 
 
-def providers_for(device: str) -> List[Any]:
+CUDA_GRAPH_MIN_ORT = (1, 18)  # run option gpu_graph_id: one captured graph per annotation
+
+
+def ort_version() -> Tuple[int, int]:
+    """(major, minor) of the installed onnxruntime."""
+    parts = ort.__version__.split(".")
+    return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+
+
+def cuda_graphs_wanted(device: str) -> bool:
+    """Whether training steps on `device` are captured as CUDA graphs: on CUDA with onnxruntime >= 1.18
+    (older ones capture one graph per session and cannot skip it for another batch size), unless
+    LATENT_REPLAY_CUDA_GRAPH=0."""
+    return (device == "cuda" and os.environ.get("LATENT_REPLAY_CUDA_GRAPH", "1") != "0"
+            and ort_version() >= CUDA_GRAPH_MIN_ORT)
+
+
+def providers_for(device: str, cuda_graph: bool = False) -> List[Any]:
     """Execution providers for `device`. On CUDA, matrix products use TF32 (the provider's default);
-    LATENT_REPLAY_CUDA_TF32=0 asks for exact fp32 (provider option `use_tf32`, onnxruntime >= 1.17)."""
+    LATENT_REPLAY_CUDA_TF32=0 asks for exact fp32 (provider option `use_tf32`, onnxruntime >= 1.17).
+    `cuda_graph` turns on the provider's graph capture (`enable_cuda_graph`)."""
     if device != "cuda":
         return ["CPUExecutionProvider"]
-    cuda: Any = "CUDAExecutionProvider"
+    options: Dict[str, str] = {}
     if os.environ.get("LATENT_REPLAY_CUDA_TF32", "1") == "0":
-        cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})
-    return [cuda, "CPUExecutionProvider"]
+        options["use_tf32"] = "0"
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return [("CUDAExecutionProvider", options) if options else "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 class Front:

@@ -4,6 +4,7 @@ Every state tensor has two buffers on the session's device (OrtValues; on the CP
 arrays without a copy). Two IOBindings are prepared once: one reads side 0 and writes side 1, the
 other the reverse, so each step reads the previous step's outputs with no copy and the host sees
 the state only when asked (`get`, `set`: state saves, CWR* once per batch, SI once per batch).
+On CUDA the two bindings are also replayed as captured CUDA graphs (`graphs.py`).
 """
 from __future__ import annotations
 
@@ -17,20 +18,26 @@ from ...export.manifest import Manifest
 from ...export.format import BRN_MOMENTUM, LABELS, LOSS, NEXT, SGD_HYPER, SI_LAMBDA, momentum_name, si_names
 from ...models.graph import D_MAX_INPUT, LATENT_INPUT, R_MAX_INPUT
 from .base import BackEngine
-from .session import providers_for
+from .graphs import GraphInputs
+from .session import cuda_graphs_wanted, providers_for
 
 SI_STATIC = ("F", "theta_star", "scale")  # SI inputs that the graph reads but does not update
 
 
 class StepBack(BackEngine):
-    """Trains the back with the exported step graph (`back/step.onnx`, `back/step_si.onnx` with SI)."""
+    """Trains the back with the exported step graph (`back/step.onnx`, `back/step_si.onnx` with SI).
+
+    `cuda_graph`: replay the step as captured CUDA graphs (default: on CUDA with onnxruntime >= 1.18,
+    unless LATENT_REPLAY_CUDA_GRAPH=0); True on the CPU runs the same bookkeeping uncaptured."""
 
     name = "step"
 
     def __init__(self, directory: Union[str, Path], manifest: Optional[Manifest] = None, device: str = "auto",
-                 threads: int = 0, spin: bool = True) -> None:
+                 threads: int = 0, spin: bool = True, cuda_graph: Optional[bool] = None) -> None:
         super().__init__(directory, manifest, device, threads, spin)
-        self._providers = providers_for(self.device)
+        # CUDA graphs need every per-step input at a fixed device address, the scalars included
+        self.cuda_graph = cuda_graphs_wanted(self.device) if cuda_graph is None else bool(cuda_graph)
+        self._graphs: Optional[GraphInputs] = None
         with np.load(self.manifest.path(self.directory, "initial_state"), allow_pickle=False) as z:
             initial = {k: z[k].astype(np.float32) for k in z.files}
         self._shapes: Dict[str, Tuple[int, ...]] = {}
@@ -47,9 +54,8 @@ class StepBack(BackEngine):
         self._add_static(SI_LAMBDA, np.array(0.0, np.float32))
         if self.has_brn:
             for name, value in ((BRN_MOMENTUM, 0.0), (R_MAX_INPUT, 1.0), (D_MAX_INPUT, 0.0)):
-                self._add_static(name, np.array(value, np.float32), device="cpu")
-        self._loss = np.zeros((), np.float32)
-        self._loss_value = ort.OrtValue.ortvalue_from_numpy(self._loss)
+                self._add_static(name, np.array(value, np.float32), device=None if self.cuda_graph else "cpu")
+        self._loss_value, self._loss = self._alloc(np.zeros((), np.float32), None if self.cuda_graph else "cpu")
         self._stats = {}
         for layer in self.brn_layers:
             c = self._shapes[f"{layer}/running_mean"]
@@ -90,7 +96,7 @@ class StepBack(BackEngine):
             for key in SI_STATIC:
                 self._add_static(s[key], zeros)
             self._add_pair(s["traj"], zeros)
-        self._session, self._bindings = None, []  # the SI variant of the graph from now on
+        self._session, self._bindings, self._graphs = None, [], None  # the SI variant of the graph from now on
 
     def shape(self, name: str) -> Tuple[int, ...]:
         try:
@@ -128,16 +134,19 @@ class StepBack(BackEngine):
             self._set_scalar(BRN_MOMENTUM, self.brn_momentum)
 
     def _set_scalar(self, name: str, value: float) -> None:
-        host = self._static_host[name]  # scalars of the step live on the host (bound as CPU inputs)
-        host[...] = value
+        """A scalar of the step: on the host (bound as a CPU input) unless CUDA graphs are on."""
+        self.set(name, np.array(value, np.float32))
 
     # -- sessions -------------------------------------------------------------------------------
     def _step_session(self) -> ort.InferenceSession:
         if self._session is None:
             role = "step_si" if self.si_enabled else "step"
             self._session = ort.InferenceSession(str(self.manifest.path(self.directory, role)), self._options,
-                                                 providers=self._providers)
+                                                 providers=providers_for(self.device, self.cuda_graph))
             self._bindings = [self._bind(self._session, side) for side in (0, 1)]
+            if self.cuda_graph:
+                session = self._session
+                self._graphs = GraphInputs(lambda side: self._bind(session, side), self.device)
         return self._session
 
     def _bind(self, session: ort.InferenceSession, side: int) -> Any:
@@ -161,19 +170,25 @@ class StepBack(BackEngine):
     # -- steps --------------------------------------------------------------------------------
     def step(self, latent: Any, labels: np.ndarray, r_max: float = 1.0, d_max: float = 0.0) -> float:
         self._step_session()
-        io = self._bindings[self.side]
-        if isinstance(latent, ort.OrtValue):
-            io.bind_ortvalue_input(LATENT_INPUT, latent)
-        else:
-            io.bind_cpu_input(LATENT_INPUT, np.ascontiguousarray(latent))
-        io.bind_cpu_input(LABELS, np.ascontiguousarray(labels, dtype=np.int64))
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.has_brn:
             self._set_scalar(R_MAX_INPUT, r_max)
             self._set_scalar(D_MAX_INPUT, d_max)
-        self._session.run_with_iobinding(io)  # type: ignore[union-attr]
+        graph = self._graphs.binding(self.side, latent, labels) if self._graphs is not None else None
+        if graph is not None:
+            io, options = graph
+        else:
+            io = self._bindings[self.side]
+            options = self._graphs.uncaptured if self._graphs is not None else None
+            if isinstance(latent, ort.OrtValue):
+                io.bind_ortvalue_input(LATENT_INPUT, latent)
+            else:
+                io.bind_cpu_input(LATENT_INPUT, np.ascontiguousarray(latent))
+            io.bind_cpu_input(LABELS, labels)
+        self._session.run_with_iobinding(io, options)  # type: ignore[union-attr]
         self.side = 1 - self.side
         self.steps += 1
-        return float(self._loss)
+        return float(self._loss) if self._loss is not None else float(self._loss_value.numpy())
 
     def batch_stats(self) -> Dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in self._stats.items()}
@@ -181,7 +196,7 @@ class StepBack(BackEngine):
     def logits(self, latent: np.ndarray) -> np.ndarray:
         if self._eval is None:
             self._eval = ort.InferenceSession(str(self.manifest.path(self.directory, "eval")), self._options,
-                                              providers=self._providers)
+                                              providers=providers_for(self.device))
             self._eval_inputs = [i.name for i in self._eval.get_inputs() if i.name != LATENT_INPUT]
         io = self._eval.io_binding()
         io.bind_cpu_input(LATENT_INPUT, np.ascontiguousarray(latent))

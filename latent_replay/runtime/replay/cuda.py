@@ -17,7 +17,7 @@ copies and a 'cpu' OrtValue.
 from __future__ import annotations
 
 import abc
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,26 +80,28 @@ class OrtValueMinibatches(ReplayPoolBase):
 
     ort_device = "cuda"
     device_id = 0
-    _ort_value: Any = None
+    _ort_values: Optional[Dict[int, Any]] = None
 
     def _ort_buffer(self, rows: int) -> Any:
-        """The output tensor for `rows` patterns: allocated by ORT once, again only when the shape
-        changes (the previous one stays valid for whoever still holds it)."""
+        """The output tensor for `rows` patterns: allocated by ORT once per size and kept, so that a
+        size keeps its device address (the engine's CUDA graphs read their input at a fixed address)."""
         import onnxruntime as ort
 
-        shape: List[int] = [int(rows)] + list(self._shape)
-        value = self._ort_value
-        if value is None or list(value.shape()) != shape:
-            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._input_dtype.type,
-                                                              self.ort_device, self.device_id)
-            self._ort_value = value
+        if self._ort_values is None:
+            self._ort_values = {}
+        value = self._ort_values.get(int(rows))
+        if value is None:
+            shape: List[int] = [int(rows)] + list(self._shape)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, self._input_dtype.type, self.ort_device,
+                                                              self.device_id)
+            self._ort_values[int(rows)] = value
         return value
 
     def minibatch_ortvalue(self, new: np.ndarray, indices: Any) -> Tuple[Any, np.ndarray]:
         """A whole training minibatch on the device, handed to ORT without a trip through the host:
         the `new` rows are copied up, the replayed patterns are gathered right after them on the
         device. Returns (OrtValue on `ort_device` of shape (len(new) + len(indices), ...), replay
-        labels). The tensor is reused by the next call of the same size."""
+        labels). The tensor is reused by every later call of the same size."""
         idx = self._check_indices(indices)
         new = np.ascontiguousarray(new, dtype=self._input_dtype)
         if new.shape[1:] != self._shape:
