@@ -33,12 +33,23 @@ def minibatch(shape, n, seed):
     return np.maximum(rng.standard_normal((n,) + tuple(shape)), 0).astype(np.float32), rng.integers(0, CLASSES, n)
 
 
-def test_captured_steps_train_like_plain_steps(artifacts):
-    plain = StepBack(artifacts, device="cpu", threads=1, cuda_graph=False)
-    graphed = StepBack(artifacts, device="cpu", threads=1, cuda_graph=True)
-    shape = plain.manifest.latent_shape
-    for back in (plain, graphed):
+def engines(artifacts):
+    """The plain engine and one with the CUDA-graph bookkeeping, both about to train every parameter."""
+    pair = (StepBack(artifacts, device="cpu", threads=1, cuda_graph=False),
+            StepBack(artifacts, device="cpu", threads=1, cuda_graph=True))
+    for back in pair:
         back.configure(back.trainable, {n: 0.05 for n in back.trainable}, 0.9, 5e-4, 0.1)
+    return pair
+
+
+def assert_same_state(plain, graphed):
+    for name in plain.state_names():
+        np.testing.assert_allclose(graphed.get(name), plain.get(name), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_captured_steps_train_like_plain_steps(artifacts):
+    plain, graphed = engines(artifacts)
+    shape = plain.manifest.latent_shape
     pool_tensor = ort.OrtValue.ortvalue_from_numpy(np.zeros((16,) + tuple(shape), np.float32))  # a pool's buffer
     other_tensor = ort.OrtValue.ortvalue_from_numpy(np.zeros((16,) + tuple(shape), np.float32))
     # (kind, rows): host minibatches of the captured size, another size, the pool's device tensor
@@ -58,8 +69,7 @@ def test_captured_steps_train_like_plain_steps(artifacts):
             if back is plain:
                 expected = loss
         assert loss == pytest.approx(expected, rel=1e-6), f"step {k} ({kind}, {rows} rows)"
-    for name in plain.state_names():
-        np.testing.assert_allclose(graphed.get(name), plain.get(name), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert_same_state(plain, graphed)
     for name, value in plain.batch_stats().items():
         np.testing.assert_allclose(graphed.batch_stats()[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
     # graphs for 16 rows, both sides bound on host tensors: the 9-row step and the device tensors ran
@@ -71,11 +81,8 @@ def test_captured_steps_train_like_plain_steps(artifacts):
 
 def test_a_device_minibatch_is_captured_while_it_is_the_same_tensor(artifacts):
     """The CUDA pool's tensor, bound on first use, is replayed in place; a new tensor is not."""
-    plain = StepBack(artifacts, device="cpu", threads=1, cuda_graph=False)
-    graphed = StepBack(artifacts, device="cpu", threads=1, cuda_graph=True)
+    plain, graphed = engines(artifacts)
     shape = plain.manifest.latent_shape
-    for back in (plain, graphed):
-        back.configure(back.trainable, {n: 0.05 for n in back.trainable}, 0.9, 5e-4, 0.1)
     tensors = [ort.OrtValue.ortvalue_from_numpy(np.zeros((8,) + tuple(shape), np.float32)) for _ in range(3)]
     order = [0, 1, 0, 1, 0, 2, 0, 1]  # side 0 binds tensor 0, side 1 tensor 1; tensor 2 is a stranger
     for k, t in enumerate(order):
@@ -83,8 +90,7 @@ def test_a_device_minibatch_is_captured_while_it_is_the_same_tensor(artifacts):
         tensors[t].update_inplace(x)
         for back in (plain, graphed):
             back.step(tensors[t], y, 1.25, 0.5)
-    for name in plain.state_names():
-        np.testing.assert_allclose(graphed.get(name), plain.get(name), rtol=1e-5, atol=1e-7, err_msg=name)
+    assert_same_state(plain, graphed)
     assert graphed._graphs.replays == len(order) - 1  # all but step 5: tensor 2 on side 1
 
 
