@@ -104,8 +104,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "rates = {n: self.lr * (c.head_lr_mult if n == self.head else 1.0) for n in active}",
              "rates = {n: self.lr for n in active}"),
     Mutation("brn-backward-no-k2", "BRN backward without the K2 (x_hat) term", LAYERS,
-             'return b.op("Add", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3"), b.op("Mul", [yc, k2], f"{n}/yc_k2")],',
-             'return b.op("Identity", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3")],'),
+             'self._affine(yc, k2, k3, c, f"{n}/yc_k2_k3")', 'b.op("Expand", [k3, b.shape(1, 1)], f"{n}/k3_only")'),
     Mutation("dw-shift-off-by-one", "depthwise matrix form: shift matrix rows off by one", LAYERS,
              "iy, ix = s * oy + i - 1, s * ox + j - 1", "iy, ix = s * oy + i, s * ox + j - 1"),
     Mutation("dw-slices-backward-unflipped", "depthwise slices form: backward windows not flipped "

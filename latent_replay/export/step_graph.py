@@ -15,7 +15,8 @@ Batch Renormalization (r, d constants in backprop) and ReLU are folded per chann
 full-size tensor is read as few times as possible:
     forward   yc = y - mu_B,  z = yc * A + B,  out = relu(z),   A = gamma r / sigma_B, B = gamma d + beta
     backward  dz = dout * [out > 0],  S1 = sum dz,  S2 = sum dz * yc
-              dy = A dz + K2 yc + K3,  K2 = -A S2 / (M sigma_B^2),  K3 = -A S1 / M
+              dy = A (dz + K2 yc + K3),  K2 = -S2 / (M sigma_B^2),  K3 = -S1 / M
+              (A is applied below, to the small operands: W and dW of the convolution that made y)
               dgamma = r S2 / sigma_B + d S1,  dbeta = S1
 The running mean and std move by their exponential average inside the graph (rate `brn_momentum`).
 
@@ -90,6 +91,7 @@ class StepGraph(LayerOps):
         _, self.layers = net.split_layers(latent_layer, input_size)
         self.b = _Builder()
         self.tape: List[Backward] = []
+        self.pixel_constant: set = set()  # gradients of shape (C, N, 1): the same for every pixel (pool6's)
         self.grads: Dict[str, str] = {}
         self.batch_stats: List[Tuple[str, str, str]] = []  # (layer, mean value, var value)
         self.activations: List[Tuple[str, str]] = []  # (layer, its output), channel-major
@@ -133,7 +135,7 @@ class StepGraph(LayerOps):
         for layer in self.layers:
             x = self._layer(layer, x)
         logits_grad, loss = self._pool_head_loss(x, labels)
-        grad = logits_grad
+        grad = (logits_grad, None) if logits_grad is not None else None
         for backward in reversed(self.tape):
             grad = backward(grad) if grad is not None else None
 
@@ -230,9 +232,10 @@ class StepGraph(LayerOps):
         self.grads[head] = b.op("Gemm", [dlogits, pooled], "mid_fc7/grad_weight", transA=1, transB=1)
         dpooled = b.op("Gemm", [head, dlogits], "pool6/dcn", transA=1, transB=1)  # (C, N)
         dpooled = b.op("Mul", [dpooled, b.scalar(1.0 / hw)], "pool6/dcn_hw")
-        dx3 = b.op("Expand", [b.op("Unsqueeze", [dpooled, b.ints("axes/two", [2])], "pool6/dcn1"), b.shape(1, 1, hw)],
-                   "pool6/dx3")
-        return b.op("Reshape", [dx3, b.shape(c, -1)], "pool6/dx"), loss
+        # (C, N, 1), never expanded to (C, N*HW): the layer below broadcasts it in its ReLU mask product
+        dx = b.op("Unsqueeze", [dpooled, b.ints("axes/two", [2])], "pool6/dx")
+        self.pixel_constant.add(dx)
+        return dx, loss
 
     # -- the update -----------------------------------------------------------------------------
     def _update(self) -> None:

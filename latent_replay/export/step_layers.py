@@ -61,19 +61,25 @@ class _Builder:
         self.g.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
 
+# A gradient on the tape: (G, per-channel scale or None); the true gradient is scale (C, 1) * G, the
+# scale is applied by the layer below to its small operands (weights, weight gradients) instead of
+# to the full-size G.
+Grad = Tuple[str, Optional[str]]
 # A backward closure: gradient of the layer output -> gradient of the layer input (None: not needed).
-Backward = Callable[[str], Optional[str]]
+Backward = Callable[[Grad], Optional[Grad]]
 
 
 class LayerOps:
     """Forward + recorded backward of the conv blocks; mixed into `StepGraph`, which provides `b` (the
-    builder), `tape`, `grads`, `activations`, `batch_stats`, `inv_n`, `r_min`, `d_min`, `dw_matrix_limit`."""
+    builder), `tape`, `grads`, `activations`, `batch_stats`, `pixel_constant`, `inv_n`, `r_min`, `d_min`,
+    `dw_matrix_limit`."""
 
     b: _Builder
     tape: List[Backward]
     grads: Dict[str, str]
     activations: List[Tuple[str, str]]
     batch_stats: List[Tuple[str, str, str]]
+    pixel_constant: set
     inv_n: str
     r_min: str
     d_min: str
@@ -86,10 +92,13 @@ class LayerOps:
         w = b.op("Reshape", [wname, b.shape(layer.out_channels, layer.in_channels)], f"{n}/w2d")
         y = b.op("MatMul", [w, x], f"{n}/conv")
 
-        def backward(dy: str) -> Optional[str]:
-            dw = b.op("Gemm", [dy, x], f"{n}/dw2d", transB=1)
+        def backward(grad: Grad) -> Optional[Grad]:
+            dy, scale = grad
+            dw, wt = b.op("Gemm", [dy, x], f"{n}/dw2d", transB=1), w
+            if scale is not None:  # (Co, 1) rows of dW and of W
+                dw, wt = b.op("Mul", [dw, scale], f"{n}/dw2d_scaled"), b.op("Mul", [w, scale], f"{n}/w2d_scaled")
             self.grads[wname] = b.op("Reshape", [dw, b.shape(*layer.weight_shape)], f"{n}/grad_weight")
-            return b.op("Gemm", [w, dy], f"{n}/dx", transA=1) if need_dx else None
+            return (b.op("Gemm", [wt, dy], f"{n}/dx", transA=1), None) if need_dx else None
         self.tape.append(backward)
         return y
 
@@ -119,7 +128,8 @@ class LayerOps:
         y3 = b.op("MatMul", [x3, mat], f"{n}/y3")
         y = b.op("Reshape", [y3, b.shape(c, -1)], f"{n}/conv")
 
-        def backward(dy: str) -> Optional[str]:
+        def backward(grad: Grad) -> Optional[Grad]:
+            dy, scale = grad
             dy3 = b.op("Reshape", [dy, b.shape(c, -1, hwo)], f"{n}/dy3")
             # dM (C, HW, HWo) = X3^T dY3; transpose the smaller of the two operands
             if hwo < hw:
@@ -130,12 +140,17 @@ class LayerOps:
                 dm = b.op("MatMul", [b.op("Transpose", [x3], f"{n}/x3t", perm=[0, 2, 1]), dy3], f"{n}/dm")
                 st = b.g.const(f"{n}/shifts_t", shifts.T.copy())
                 dtaps = b.op("MatMul", [b.op("Reshape", [dm, b.shape(c, hw * hwo)], f"{n}/dm2d"), st], f"{n}/dtaps")
+            if scale is not None:
+                dtaps = b.op("Mul", [dtaps, scale], f"{n}/dtaps_scaled")
             self.grads[wname] = b.op("Reshape", [dtaps, b.shape(*layer.weight_shape)], f"{n}/grad_weight")
             if not need_dx:
                 return None
-            mt = b.op("Transpose", [mat], f"{n}/mt", perm=[0, 2, 1])
+            # M^T (C, HWo, HW) straight from the (scaled) taps and the transposed shifts
+            taps_t = taps if scale is None else b.op("Mul", [taps, scale], f"{n}/taps_scaled")
+            s_t = b.g.const(f"{n}/shifts_mt", shifts.reshape(9, hw, hwo).transpose(0, 2, 1).reshape(9, -1).copy())
+            mt = b.op("Reshape", [b.op("MatMul", [taps_t, s_t], f"{n}/mt_flat"), b.shape(c, hwo, hw)], f"{n}/mt")
             dx3 = b.op("MatMul", [dy3, mt], f"{n}/dx3")
-            return b.op("Reshape", [dx3, b.shape(c, -1)], f"{n}/dx")
+            return b.op("Reshape", [dx3, b.shape(c, -1)], f"{n}/dx"), None
         self.tape.append(backward)
         return y
 
@@ -170,7 +185,8 @@ class LayerOps:
             acc = term if acc is None else b.op("Add", [acc, term], f"{n}/acc{k}")
         y = b.op("Reshape", [acc, b.shape(c, -1)], f"{n}/conv")
 
-        def backward(dy: str) -> Optional[str]:
+        def backward(grad: Grad) -> Optional[Grad]:
+            dy, scale = grad
             dy4 = b.op("Reshape", [dy, b.shape(c, -1, ho, ho)], f"{n}/dy4")
             sums = []
             for k in range(9):
@@ -178,6 +194,11 @@ class LayerOps:
                 sums.append(b.op("ReduceSum", [prod, b.ints("axes/nhw", [1, 2, 3])], f"{n}/dwsum{k}", keepdims=0))
             stacked = b.op("Concat", [b.op("Unsqueeze", [s_, b.ints("axes/one", [1])], f"{n}/dwcol{k}")
                                       for k, s_ in enumerate(sums)], f"{n}/dtaps", axis=1)
+            back_taps = per_tap
+            if scale is not None:
+                stacked = b.op("Mul", [stacked, scale], f"{n}/dtaps_scaled")
+                scale4 = b.op("Reshape", [scale, b.shape(c, 1, 1, 1)], f"{n}/scale4")
+                back_taps = [b.op("Mul", [t, scale4], f"{n}/w{k}_scaled") for k, t in enumerate(per_tap)]
             self.grads[wname] = b.op("Reshape", [stacked, b.shape(*layer.weight_shape)], f"{n}/grad_weight")
             if not need_dx:
                 return None
@@ -197,9 +218,9 @@ class LayerOps:
                     starts = b.ints(f"{n}/back_starts_{i}{j}", [2 - i, 2 - j])
                     ends = b.ints(f"{n}/back_ends_{i}{j}", [2 - i + h, 2 - j + h])
                     win = b.op("Slice", [upp, starts, ends, b.ints("axes/hw", [2, 3])], f"{n}/bwin{i}{j}")
-                    term = b.op("Mul", [win, per_tap[i * 3 + j]], f"{n}/bterm{i}{j}")
+                    term = b.op("Mul", [win, back_taps[i * 3 + j]], f"{n}/bterm{i}{j}")
                     acc2 = term if acc2 is None else b.op("Add", [acc2, term], f"{n}/bacc{i}{j}")
-            return b.op("Reshape", [acc2, b.shape(c, -1)], f"{n}/dx")
+            return b.op("Reshape", [acc2, b.shape(c, -1)], f"{n}/dx"), None
         self.tape.append(backward)
         return y
 
@@ -218,8 +239,11 @@ class LayerOps:
         w = b.op("Reshape", [wname, b.shape(layer.out_channels, layer.in_channels * 9)], f"{n}/w2d")
         y = b.op("MatMul", [w, cols], f"{n}/conv")
 
-        def backward(dy: str) -> Optional[str]:
+        def backward(grad: Grad) -> Optional[Grad]:
+            dy, scale = grad
             dw = b.op("Gemm", [dy, cols], f"{n}/dw2d", transB=1)
+            if scale is not None:
+                dw = b.op("Mul", [dw, scale], f"{n}/dw2d_scaled")
             self.grads[wname] = b.op("Reshape", [dw, b.shape(*layer.weight_shape)], f"{n}/grad_weight")
             return None
         self.tape.append(backward)
@@ -254,24 +278,30 @@ class LayerOps:
                                  b.op("Reshape", [var_b, flat], f"{n}/batch_var")))
         self._running_stats(layer, mu_b, sigma_b)
 
-        def backward(dout: str) -> str:
+        def backward(grad: Grad) -> Grad:
+            dout, scale = grad
+            assert scale is None, "a BRN layer takes an unscaled gradient"
             # 0/1 mask of the ReLU in one pass: out >= 0, so HardSigmoid = min(1, 3e38 out) is 0 exactly at
             # 0 and 1 for every normal positive float (the session flushes denormals); Sign is ~8x slower
             mask = b.op("HardSigmoid", [out], f"{n}/mask", alpha=3e38, beta=0.0)
-            dz = b.op("Mul", [dout, mask], f"{n}/dz")
+            if dout in self.pixel_constant:  # (C, N, 1) against the (C, N, HW) mask: a broadcast
+                mask3 = b.op("Reshape", [mask, b.shape(c, -1, layer.out_hw ** 2)], f"{n}/mask3")
+                dz = b.op("Reshape", [b.op("Mul", [mask3, dout], f"{n}/dz3"), b.shape(c, -1)], f"{n}/dz")
+            else:
+                dz = b.op("Mul", [dout, mask], f"{n}/dz")
             s1 = b.op("ReduceSum", [dz, axes], f"{n}/s1", keepdims=1)
             s2 = b.op("ReduceSum", [b.op("Mul", [dz, yc], f"{n}/dz_yc"), axes], f"{n}/s2", keepdims=1)
             inv_m = b.op("Mul", [self.inv_n, b.scalar(1.0 / layer.out_hw ** 2)], f"{n}/inv_m")
-            k3 = b.op("Neg", [b.op("Mul", [b.op("Mul", [a, s1], f"{n}/a_s1"), inv_m], f"{n}/a_s1_m")], f"{n}/k3")
-            k2 = b.op("Neg", [b.op("Div", [b.op("Mul", [b.op("Mul", [a, s2], f"{n}/a_s2"), inv_m], f"{n}/a_s2_m"),
-                                          b.op("Mul", [sigma_b, sigma_b], f"{n}/var_b_eps")], f"{n}/a_s2_mv")],
+            # dy = A (dz + K2' yc + K3'), K2 = A K2', K3 = A K3'; A goes down the tape as the scale
+            k3 = b.op("Neg", [b.op("Mul", [s1, inv_m], f"{n}/s1_m")], f"{n}/k3")
+            k2 = b.op("Neg", [b.op("Div", [b.op("Mul", [s2, inv_m], f"{n}/s2_m"),
+                                          b.op("Mul", [sigma_b, sigma_b], f"{n}/var_b_eps")], f"{n}/s2_mv")],
                       f"{n}/k2")
             dgamma = b.op("Add", [b.op("Mul", [r, b.op("Div", [s2, sigma_b], f"{n}/s2_sigma")], f"{n}/r_s2"),
                                   b.op("Mul", [d, s1], f"{n}/d_s1")], f"{n}/dgamma2d")
             self.grads[p["gamma"]] = b.op("Reshape", [dgamma, flat], f"{n}/grad_gamma")
             self.grads[p["beta"]] = b.op("Reshape", [s1, flat], f"{n}/grad_beta")
-            return b.op("Add", [self._affine(dz, a, k3, c, f"{n}/dz_a_k3"), b.op("Mul", [yc, k2], f"{n}/yc_k2")],
-                        f"{n}/dy")
+            return b.op("Add", [dz, self._affine(yc, k2, k3, c, f"{n}/yc_k2_k3")], f"{n}/dy"), a
         self.tape.append(backward)
         return out
 
