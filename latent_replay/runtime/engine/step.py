@@ -35,6 +35,9 @@ class StepBack(BackEngine):
     def __init__(self, directory: Union[str, Path], manifest: Optional[Manifest] = None, device: str = "auto",
                  threads: int = 0, spin: bool = True, cuda_graph: Optional[bool] = None) -> None:
         super().__init__(directory, manifest, device, threads, spin)
+        # onnxruntime 1.16-1.18 (not 1.32) computed some steps wrong from the second run of a session
+        # on when it replayed the first run's memory pattern with these bound outputs; off, no cost here
+        self._options.enable_mem_pattern = False
         # CUDA graphs need every per-step input at a fixed device address, the scalars included
         self.cuda_graph = cuda_graphs_wanted(self.device) if cuda_graph is None else bool(cuda_graph)
         self._graphs: Optional[GraphInputs] = None
