@@ -107,3 +107,18 @@ def test_graph_capture_is_asked_only_where_onnxruntime_can_do_it(monkeypatch):
     monkeypatch.setenv("LATENT_REPLAY_CUDA_TF32", "0")
     assert S.providers_for("cuda", cuda_graph=True)[0] == ("CUDAExecutionProvider",
                                                            {"use_tf32": "0", "enable_cuda_graph": "1"})
+
+
+def test_the_stream_trainer_never_captures(artifacts, monkeypatch):
+    """The camera demo trains beside the live loop: a capture there would forbid the live thread's
+    CUDA calls, so its engine is opened without graphs even where they would be the default."""
+    from latent_replay.apps.stream.options import StreamOptions
+    from latent_replay.apps.stream.state import build_learner
+    from latent_replay.export.manifest import Manifest
+    from latent_replay.runtime.engine import Back
+    from latent_replay.runtime.engine import step as step_module
+
+    monkeypatch.setattr(step_module, "cuda_graphs_wanted", lambda device: True)  # as on CUDA with ORT >= 1.18
+    assert Back(artifacts, device="cpu").cuda_graph  # the default elsewhere
+    learner = build_learner(StreamOptions(method="ar1free"), artifacts, Manifest.load(artifacts), None)
+    assert learner.back.cuda_graph is False

@@ -106,8 +106,9 @@ def build_learner(opts: StreamOptions, artifacts: Path, manifest: Any, saved: Op
         config.check_compatible(manifest.latent_layer)
     except ValueError as e:
         raise StreamError(str(e)) from None
-    # Training runs beside the live loop: threads that busy-wait would steal its cores (spin=False).
-    back = Back(artifacts, manifest, opts.device, opts.train_threads, spin=False, engine=opts.engine)
+    # Training runs beside the live loop: threads that busy-wait would steal its cores (spin=False),
+    # and a CUDA-graph capture would forbid the live thread's CUDA calls while it runs (no graphs).
+    back = Back(artifacts, manifest, opts.device, opts.train_threads, spin=False, engine=opts.engine, cuda_graph=False)
     pool = pool_for(back.device, config.replay_memory, tuple(manifest.latent_shape), config.storage, config.seed,
                     np.dtype(manifest.latent_dtype)) if config.uses_memory else None
     learner = Learner(back, config, pool)

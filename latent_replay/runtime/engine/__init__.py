@@ -21,12 +21,13 @@ __all__ = ["Back", "BackEngine", "ENGINES", "DEFAULT_ENGINE", "Front", "availabl
 
 
 def Back(directory: Union[str, Path], manifest: Optional[Manifest] = None, device: str = "auto", threads: int = 0,
-         spin: bool = True, engine: str = DEFAULT_ENGINE) -> BackEngine:
-    """The trainable back of the artifacts in `directory`, run by `engine`."""
+         spin: bool = True, engine: str = DEFAULT_ENGINE, cuda_graph: Optional[bool] = None) -> BackEngine:
+    """The trainable back of the artifacts in `directory`, run by `engine`. `cuda_graph`: the step
+    engine's CUDA-graph replay (None: its default; see `StepBack`)."""
     if engine == "step":
         from .step import StepBack
 
-        return StepBack(directory, manifest, device, threads, spin)
+        return StepBack(directory, manifest, device, threads, spin, cuda_graph)
     if engine == "ort-training":
         from .ort_training import OrtTrainingBack
 
