@@ -39,3 +39,12 @@ def make_weights(seed: int = 0, preprocessing: Preprocessing = TORCH_PREPROCESSI
 def make_frames(n: int, seed: int = 0, size: int = net.DEFAULT_INPUT_SIZE) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def exported(tmp_path_factory, layer: str, classes: int, seed: int = 0):
+    """Artifacts of random weights (`make_weights(seed)`) split at `layer`, in a new temporary folder."""
+    from latent_replay.export.exporter import export
+
+    path = tmp_path_factory.mktemp("artifacts") / "art"
+    export(make_weights(seed), layer, classes, path)
+    return path

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from latent_replay.export.exporter import export
 from latent_replay.models import mobilenet_v1 as net
 from latent_replay.runtime.learn import LearnerConfig
 from latent_replay.runtime.engine import Back
 from latent_replay.runtime.learn import Learner
-from helpers import make_weights
+from helpers import exported
 from reference_learner import ReferenceLearner, assert_learner_matches, max_param_diff
 import torch_oracle
 
@@ -41,9 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ar1") / "art"
-    export(make_weights(3), LAYER, CLASSES, path)
-    return path
+    return exported(tmp_path_factory, LAYER, CLASSES, 3)
 
 
 def test_three_incremental_batches_match_torch(artifacts):

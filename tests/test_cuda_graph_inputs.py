@@ -13,19 +13,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from latent_replay.export.exporter import export
 from latent_replay.runtime.engine import session as S
 from latent_replay.runtime.engine.step import StepBack
-from helpers import make_weights
+from helpers import exported
 
 LAYER, CLASSES = "conv6/dw", 6
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    path = tmp_path_factory.mktemp("graphs") / "art"
-    export(make_weights(7), LAYER, CLASSES, path)
-    return path
+    return exported(tmp_path_factory, LAYER, CLASSES, 7)
 
 
 def minibatch(shape, n, seed):

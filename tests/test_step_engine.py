@@ -10,19 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latent_replay.export.exporter import export
 from latent_replay.models import mobilenet_v1 as net
 from latent_replay.runtime.engine.step import StepBack
-from helpers import make_weights
+from helpers import exported
 
 LAYER, CLASSES = "conv5_4/dw", 6
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    path = tmp_path_factory.mktemp("engine") / "art"
-    export(make_weights(3), LAYER, CLASSES, path)
-    return path
+    return exported(tmp_path_factory, LAYER, CLASSES, 3)
 
 
 def engine(artifacts):
