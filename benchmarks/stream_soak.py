@@ -157,6 +157,17 @@ def _drift(values: np.ndarray, index: np.ndarray, frames: int, warmup: int) -> T
     return a, b, (b - a) / a
 
 
+def _segment_drift(segments: List[dict], key: str, warmup: int) -> Tuple[float, float, float]:
+    """(median of the segments' `key` over the first half after the warm-up, the same over the last
+    half, relative change): a slowdown lifts every later segment, a burst of other work one or two."""
+    values = [seg[key] for seg in segments if seg["frames"][0] >= warmup]
+    half = len(values) // 2
+    if not half:
+        return float("nan"), float("nan"), float("nan")
+    a, b = float(np.median(values[:half])), float(np.median(values[-half:]))
+    return a, b, (b - a) / a
+
+
 def figures(records: List[dict], cpu: Dict[int, float], samples: List[Tuple[float, int, int, int]], frames: int,
             teach_every: int, warmup: int, wall: float) -> Dict[str, object]:
     frame_rows = [r for r in records if r["type"] == "frame"]
@@ -182,6 +193,8 @@ def figures(records: List[dict], cpu: Dict[int, float], samples: List[Tuple[floa
     hwm_warm = max((s[3] for s in samples if s[1] < warmup), default=0)
     hwm_end = max((s[3] for s in samples), default=0)
     p99_first, p99_last, p99_drift = _drift(latency, index, frames, warmup)
+    seg_first, seg_last, seg_drift = _segment_drift(segments, "cpu_p99_ms", warmup)
+    wall_first, wall_last, wall_drift = _segment_drift(segments, "p99_ms", warmup)
     cpu_first, cpu_last, cpu_drift = _drift(loop_cpu[~np.isnan(loop_cpu)], index[~np.isnan(loop_cpu)], frames, warmup)
     return {
         "frames": int(len(latency)), "teach_every": teach_every, "warmup_frames": warmup,
@@ -198,6 +211,10 @@ def figures(records: List[dict], cpu: Dict[int, float], samples: List[Tuple[floa
         "hwm_growth": (hwm_end - hwm_warm) / hwm_warm if hwm_warm else None,
         "p99_ms_first_quarter": p99_first, "p99_ms_last_quarter": p99_last, "p99_drift": p99_drift,
         "cpu_p99_ms_first_quarter": cpu_first, "cpu_p99_ms_last_quarter": cpu_last, "cpu_p99_drift": cpu_drift,
+        # the same trend, robust to a burst of other work: median of the segments' p99, last half vs first
+        "cpu_segment_p99_ms_first_half": seg_first, "cpu_segment_p99_ms_last_half": seg_last,
+        "cpu_segment_p99_drift": seg_drift,
+        "segment_p99_ms_first_half": wall_first, "segment_p99_ms_last_half": wall_last, "segment_p99_drift": wall_drift,
         "load_average": os.getloadavg()[0], "cores": os.cpu_count(),
         "segments": segments,
         "rss_samples": [{"s": round(s[0], 2), "frame": s[1], "rss_mib": round(s[2] / 1024, 1)} for s in samples],
@@ -223,6 +240,10 @@ def report(f: Dict[str, object]) -> str:
                  f"(bound 10%)")
     lines.append(f"p99 loop CPU time per frame: {f['cpu_p99_ms_first_quarter']:.2f} ms -> "
                  f"{f['cpu_p99_ms_last_quarter']:.2f} ms: drift {100 * f['cpu_p99_drift']:+.1f}% (bound 10%)")
+    for what, key in (("wall-clock", "segment_p99"), ("loop CPU", "cpu_segment_p99")):
+        lines.append(f"median of the segments' {what} p99, first vs last half after the warm-up: "
+                     f"{f[key + '_ms_first_half']:.2f} -> {f[key + '_ms_last_half']:.2f} ms: "
+                     f"drift {100 * f[key + '_drift']:+.1f}% (tests/test_soak.py's bound: 10%)")
     return "\n".join(lines)
 
 

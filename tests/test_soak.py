@@ -4,9 +4,12 @@ whose figures the README gives): 8,000 headless frames of the synthetic camera w
 must not grow by 5% and the loop must not get slower by 10% at the 99th percentile.
 
 The drift is asserted on the CPU time the live loop's thread spends per frame (with --threads 1 it
-holds all of the frame's inference), which other processes on the machine hardly move; the
-wall-clock p99 drift is asserted too when the machine was otherwise idle during the session (load
-average below the core count), and printed either way. Slow: `python -m pytest -q -m slow
+holds all of the frame's inference), which other processes on the machine move less than the wall
+clock: the median over the 500-frame segments of their p99, last half of the session against the
+first half after the warm-up. A real slowdown lifts every later segment; a burst of other work on a
+shared machine lifts one or two (the p99 of whole quarters moved by -15% to +18% between identical
+runs here, and is printed). The same wall-clock figure is asserted too when the machine was otherwise
+idle during the session (load average below the core count), and printed either way. Slow: `python -m pytest -q -m slow
 tests/test_crash.py tests/test_soak.py`.
 """
 from __future__ import annotations
@@ -35,10 +38,10 @@ def test_a_long_stream_session_neither_grows_nor_slows_down(tmp_path):
     assert f["warmup_frames"] == 3 * TEACH_EVERY
     assert f["rss_growth"] < 0.05, report(f)
     assert f["hwm_growth"] < 0.05, report(f)
-    assert f["cpu_p99_drift"] < 0.10, report(f)
+    assert f["cpu_segment_p99_drift"] < 0.10, report(f)
     cores = os.cpu_count() or 1
     if max(load_before, f["load_average"]) < cores:
-        assert f["p99_drift"] < 0.10, report(f)
+        assert f["segment_p99_drift"] < 0.10, report(f)
     else:
-        print(f"wall-clock p99 drift not asserted: load average {max(load_before, f['load_average']):.1f} on "
+        print(f"wall-clock drift not asserted: load average {max(load_before, f['load_average']):.1f} on "
               f"{cores} cores (other processes set the wall-clock latency)")
