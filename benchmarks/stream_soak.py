@@ -243,7 +243,7 @@ def report(f: Dict[str, object]) -> str:
     for what, key in (("wall-clock", "segment_p99"), ("loop CPU", "cpu_segment_p99")):
         lines.append(f"median of the segments' {what} p99, first vs last half after the warm-up: "
                      f"{f[key + '_ms_first_half']:.2f} -> {f[key + '_ms_last_half']:.2f} ms: "
-                     f"drift {100 * f[key + '_drift']:+.1f}% (tests/test_soak.py's bound: 10%)")
+                     f"drift {100 * f[key + '_drift']:+.1f}%")
     return "\n".join(lines)
 
 
