@@ -115,13 +115,7 @@ class PortReference(ReferenceLearner):
                         slots = (it * replay + np.arange(replay)) % self.memory_size
                     bx = np.concatenate([bx, self.mem_x[slots]])
                     by = np.concatenate([by, self.mem_y[slots]])
-                self.log.append({"batch": i, "lr": lr, "r_max": r_max, "d_max": d_max, "rate": rate})
-                self._step(bx, by, lr, r_max, d_max, rate, {}, {}, {})
-                if ramp:
-                    if r_max < c.brn_r_max_first:
-                        r_max += c.brn_ramp_step * len(by)
-                    if d_max < c.brn_d_max_first:
-                        d_max += c.brn_ramp_step * len(by)
+                r_max, d_max = self._minibatch(i, bx, by, lr, r_max, d_max, rate, ramp, {}, {}, {})
 
         # CWR* consolidation over the class list (with repeats when the rule is on)
         tw = self.p(HEAD).detach().numpy().copy()

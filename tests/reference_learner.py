@@ -141,13 +141,7 @@ class ReferenceLearner:
                 slots = (it * replay + np.arange(replay)) % max(n_mem, 1)
                 bx = np.concatenate([x[idx], self.mem_x[slots]]) if replay else x[idx]
                 by = np.concatenate([y[idx], self.mem_y[slots]]) if replay else y[idx]
-                self.log.append({"batch": i, "lr": lr, "r_max": r_max, "d_max": d_max, "rate": rate})
-                self._step(bx, by, lr, r_max, d_max, rate, traj, traj_abs, traj_ulp)
-                if ramp:
-                    if r_max < c.brn_r_max_first:
-                        r_max += c.brn_ramp_step * len(by)
-                    if d_max < c.brn_d_max_first:
-                        d_max += c.brn_ramp_step * len(by)
+                r_max, d_max = self._minibatch(i, bx, by, lr, r_max, d_max, rate, ramp, traj, traj_abs, traj_ulp)
 
         # CWR* consolidation
         tw = self.p(HEAD).detach().numpy().copy()
@@ -173,6 +167,19 @@ class ReferenceLearner:
                 self.theta_star[name] = theta.numpy().copy()
 
         self._insert(x, y, i)
+
+    def _minibatch(self, i, bx, by, lr, r_max, d_max, rate, ramp, traj, traj_abs, traj_ulp):
+        """Log and train one minibatch of batch `i`; returns the BRN clips for the next one (the
+        ramp: + step x minibatch size per step, up to the batch-0 limits, when `ramp`)."""
+        c = self.cfg
+        self.log.append({"batch": i, "lr": lr, "r_max": r_max, "d_max": d_max, "rate": rate})
+        self._step(bx, by, lr, r_max, d_max, rate, traj, traj_abs, traj_ulp)
+        if ramp:
+            if r_max < c.brn_r_max_first:
+                r_max += c.brn_ramp_step * len(by)
+            if d_max < c.brn_d_max_first:
+                d_max += c.brn_ramp_step * len(by)
+        return r_max, d_max
 
     def _step(self, bx, by, lr, r_max, d_max, rate, traj, traj_abs, traj_ulp) -> None:
         c, model = self.cfg, self.model
