@@ -69,12 +69,7 @@ class PortReference(ReferenceLearner):
         c, mb = self.cfg, self.cfg.minibatch
         if self.new_optimizer(i):
             self.buf = {}
-        lr = c.lr_first if i == 0 else c.lr_later
-        if i == 0:
-            r_max, d_max, rate, ramp = 1.0, 0.0, c.brn_momentum_first, True
-        else:
-            r_max, d_max, rate, ramp = c.brn_r_max, c.brn_d_max, c.brn_momentum_later, False
-        epochs = c.epochs_first if i == 0 else c.epochs
+        lr, r_max, d_max, rate, ramp, epochs = self._schedule(i)
 
         # CWR* class list and reset
         if "cwr_per_entry" in self.rules:

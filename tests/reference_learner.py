@@ -99,16 +99,21 @@ class ReferenceLearner:
         """The port builds a new optimizer (lr_later) at batch 1: the momentum starts again there."""
         return i == 1
 
+    def _schedule(self, i: int):
+        """(lr, r_max, d_max, statistics rate, ramp?, epochs) of batch `i`: batch 0 starts the BRN
+        clips at (1, 0) and ramps them; later batches hold the configured ones."""
+        c = self.cfg
+        lr = c.lr_first if i == 0 else c.lr_later
+        epochs = c.epochs_first if i == 0 else c.epochs
+        if i == 0:
+            return lr, 1.0, 0.0, c.brn_momentum_first, True, epochs
+        return lr, c.brn_r_max, c.brn_d_max, c.brn_momentum_later, False, epochs
+
     def train_batch(self, x: np.ndarray, y: np.ndarray, i: int) -> None:
         c = self.cfg
         if self.new_optimizer(i):
             self.buf = {}  # the momentum is forgotten
-        lr = c.lr_first if i == 0 else c.lr_later
-        if i == 0:
-            r_max, d_max, rate, ramp = 1.0, 0.0, c.brn_momentum_first, True
-        else:
-            r_max, d_max, rate, ramp = c.brn_r_max, c.brn_d_max, c.brn_momentum_later, False
-        epochs = c.epochs_first if i == 0 else c.epochs
+        lr, r_max, d_max, rate, ramp, epochs = self._schedule(i)
 
         # CWR* reset
         cur = np.bincount(y, minlength=self.classes) + np.bincount(self.mem_y, minlength=self.classes)
