@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "opencv-python-headless>=4.5",
+        "h5py>=3.1",  # Keras/TF MobileNet .h5 weights
     ],
     extras_require={
         "cpu": [ORT_CPU],

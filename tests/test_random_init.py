@@ -70,9 +70,9 @@ def test_calibration_is_one_pass_over_a_few_frames(monkeypatch):
     `python benchmarks/random_weights_time.py` prints the time."""
     calls = []
 
-    def counting(x, w, stride, group):
+    def counting(x, w, stride, group, pads=None):
         calls.append((x.shape[0], w.shape, stride, group))
-        return conv2d(x, w, stride, group)
+        return conv2d(x, w, stride, group, pads)
 
     monkeypatch.setattr(random_init, "conv2d", counting)
     random_weights(seed=3)

@@ -121,7 +121,7 @@ def _write_step(weights: MobileNetWeights, latent_layer: str, classes: int, inpu
     """The default engine's files: the step graph (plain and with SI), the eval graph, the arrays."""
     for role, si in (("step", False), ("step_si", True)):
         model, spec = step_graph.build_step(latent_layer, classes, weights.preprocessing, input_size, input_order,
-                                            si=si)
+                                            si=si, arch=weights.arch)
         onnx.save(model, str(back_dir / STEP_FILES[role]))
     evaluation = g.build_back(weights, latent_layer, classes, "eval", input_size, input_order, params_as_inputs=True)
     onnx.save(evaluation, str(back_dir / STEP_FILES["eval"]))
@@ -141,7 +141,7 @@ def _write_ort_training(weights: MobileNetWeights, latent_layer: str, classes: i
     train = g.build_back(weights, latent_layer, classes, "train", input_size, input_order)
     _, trainable, _ = g.back_parameters(weights, latent_layer, classes, input_size)
     constants = [i.name for i in train.graph.initializer if i.name not in trainable]
-    brn_layers = [l.name for l in net.split_layers(latent_layer, input_size)[1]]
+    brn_layers = [l.name for l in net.split_layers(latent_layer, input_size, weights.arch)[1]]
     stats = [name for layer in brn_layers for name in g.batch_stat_names(layer)]
     out_dir.mkdir()
     with _native_stderr_silenced():
@@ -242,10 +242,10 @@ def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_
     files.update({role: f"{BACK_DIR}/{name}" for role, name in STEP_FILES.items()})
     if "ort-training" in engines:
         files.update({role: f"{BACK_DIR}/{ORT_TRAINING_DIR}/{name}" for role, name in ORT_TRAINING_FILES.items()})
-    cost = net.split_cost(latent_layer, input_size, classes)
+    cost = net.split_cost(latent_layer, input_size, classes, weights.arch)
     return Manifest(
         latent_layer=latent_layer,
-        latent_shape=tuple(net.latent_shape(latent_layer, input_size)),
+        latent_shape=tuple(net.latent_shape(latent_layer, input_size, weights.arch)),
         latent_dtype="uint8" if latent_layer == net.DATA else "float32",
         classes=classes,
         input={"name": g.FRAMES_INPUT, "layout": "NHWC", "dtype": "uint8", "size": input_size,
@@ -259,6 +259,7 @@ def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_
         si_params=names["si_params"],
         engines=engines,
         head=g.HEAD_WEIGHT,
+        architecture=weights.arch.to_dict(),
         versions={"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
                   "opset": str(g.OPSET)},
         cost={"front_macs": cost.front_macs, "back_macs": cost.back_macs,

@@ -48,6 +48,9 @@ class Manifest:
     si_params: List[str] = field(default_factory=list)  # conv weights SI regularizes
     engines: List[str] = field(default_factory=lambda: ["step"])  # engines the back was written for
     cost: Dict[str, int] = field(default_factory=dict)
+    # width, padding rule and activation (models.mobilenet_v1.Architecture); older exports: width 1.0, Caffe's
+    architecture: Dict[str, object] = field(default_factory=lambda: {"width": 1.0, "padding": "symmetric",
+                                                                     "activation": "relu"})
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

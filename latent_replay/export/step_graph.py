@@ -49,9 +49,10 @@ from .step_layers import Backward, LayerOps, _Builder  # noqa: F401
 DW_MATRIX_LIMIT = 64 * 64
 
 
-def si_parameters(latent_layer: str, input_size: int = net.DEFAULT_INPUT_SIZE) -> List[str]:
+def si_parameters(latent_layer: str, input_size: int = net.DEFAULT_INPUT_SIZE,
+                  arch: net.Architecture = net.DEFAULT_ARCH) -> List[str]:
     """The weights SI regularizes: every conv weight of the back (normalization and head excluded)."""
-    _, back = net.split_layers(latent_layer, input_size)
+    _, back = net.split_layers(latent_layer, input_size, arch)
     return [G.param_names(l.name)["weight"] for l in back]
 
 
@@ -79,16 +80,18 @@ class StepGraph(LayerOps):
 
     def __init__(self, latent_layer: str, classes: int, preprocessing: Preprocessing,
                  input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR", si: bool = False,
-                 gradients: bool = False, dw_matrix_limit: int = DW_MATRIX_LIMIT) -> None:
+                 gradients: bool = False, dw_matrix_limit: int = DW_MATRIX_LIMIT,
+                 arch: net.Architecture = net.DEFAULT_ARCH) -> None:
         """`gradients` adds every gradient (`grad/<param>`) and layer output (`act/<layer>`, shape
-        (C, N*H*W)) as outputs, for tests; `dw_matrix_limit` chooses the depthwise formulation."""
+        (C, N*H*W)) as outputs, for tests; `dw_matrix_limit` chooses the depthwise formulation; `arch`
+        the width, padding rule and activation (those of the weights)."""
         net.check_latent_layer(latent_layer)
         if classes < 2:
             raise ValueError(f"the class count must be at least 2, got {classes}")
         self.latent_layer, self.classes = latent_layer, classes
         self.preprocessing, self.input_size, self.input_order = preprocessing, input_size, input_order
-        self.si, self.gradients, self.dw_matrix_limit = si, gradients, dw_matrix_limit
-        _, self.layers = net.split_layers(latent_layer, input_size)
+        self.si, self.gradients, self.dw_matrix_limit, self.arch = si, gradients, dw_matrix_limit, arch
+        _, self.layers = net.split_layers(latent_layer, input_size, arch)
         self.b = _Builder()
         self.tape: List[Backward] = []
         self.pixel_constant: set = set()  # gradients of shape (C, N, 1): the same for every pixel (pool6's)
@@ -102,13 +105,13 @@ class StepGraph(LayerOps):
             self.trainable += [p["weight"], p["gamma"], p["beta"]]
             self.carried += [p["running_mean"], p["running_std"]]
         self.trainable.append(G.HEAD_WEIGHT)
-        self.si_params = si_parameters(latent_layer, input_size) if si else []
+        self.si_params = si_parameters(latent_layer, input_size, arch) if si else []
 
     # -- the whole graph ----------------------------------------------------------------------
     def build(self) -> Tuple[onnx.ModelProto, StepSpec]:
         b = self.b
         F = TensorProto.FLOAT
-        shape = ["batch"] + list(net.latent_shape(self.latent_layer, self.input_size))
+        shape = ["batch"] + list(net.latent_shape(self.latent_layer, self.input_size, self.arch))
         latent_elem = TensorProto.UINT8 if self.latent_layer == net.DATA else F
         latent = b.input(G.LATENT_INPUT, latent_elem, shape)
         labels = b.input(LABELS, TensorProto.INT64, ["batch"])
@@ -156,7 +159,7 @@ class StepGraph(LayerOps):
 
     def _param_shape(self, name: str) -> List[int]:
         if name == G.HEAD_WEIGHT:
-            return [self.classes, net.conv_layers(self.input_size)[-1].out_channels]
+            return [self.classes, net.features(self.arch)]
         layer = next(l for l in self.layers if name.startswith(l.name + "/"))
         if name.endswith("/weight"):
             return list(layer.weight_shape)
@@ -183,7 +186,7 @@ class StepGraph(LayerOps):
             c = 3
         else:
             x = b.op("Transpose", [latent], "latent/cnhw", perm=[1, 0, 2, 3])
-            c = net.latent_shape(self.latent_layer, self.input_size)[0]
+            c = net.latent_shape(self.latent_layer, self.input_size, self.arch)[0]
         return b.op("Reshape", [x, b.shape(c, -1)], "latent/cm")
 
     # -- one conv block -----------------------------------------------------------------------
@@ -276,7 +279,8 @@ class StepGraph(LayerOps):
 
 def build_step(latent_layer: str, classes: int, preprocessing: Preprocessing,
                input_size: int = net.DEFAULT_INPUT_SIZE, input_order: str = "BGR", si: bool = False,
-               gradients: bool = False, dw_matrix_limit: int = DW_MATRIX_LIMIT) -> Tuple[onnx.ModelProto, StepSpec]:
+               gradients: bool = False, dw_matrix_limit: int = DW_MATRIX_LIMIT,
+               arch: net.Architecture = net.DEFAULT_ARCH) -> Tuple[onnx.ModelProto, StepSpec]:
     """The training-step graph of the back above `latent_layer` (see the module docstring)."""
     return StepGraph(latent_layer, classes, preprocessing, input_size, input_order, si, gradients,
-                     dw_matrix_limit).build()
+                     dw_matrix_limit, arch).build()

@@ -103,14 +103,14 @@ class LayerOps:
         return y
 
     def _shift_matrix(self, layer: net.ConvLayer) -> np.ndarray:
-        """(9, HW * HWo) 0/1: tap k of output pixel o reads input pixel p (padding 1)."""
-        h, ho, s = layer.in_hw, layer.out_hw, layer.stride
+        """(9, HW * HWo) 0/1: tap k of output pixel o reads input pixel p (the layer's padding)."""
+        h, ho, s, pad = layer.in_hw, layer.out_hw, layer.stride, layer.pad_begin
         m = np.zeros((9, h * h, ho * ho), np.float32)
         for i in range(3):
             for j in range(3):
                 for oy in range(ho):
                     for ox in range(ho):
-                        iy, ix = s * oy + i - 1, s * ox + j - 1
+                        iy, ix = s * oy + i - pad, s * ox + j - pad
                         if 0 <= iy < h and 0 <= ix < h:
                             m[i * 3 + j, iy * h + ix, oy * ho + ox] = 1.0
         return m.reshape(9, -1)
@@ -154,8 +154,13 @@ class LayerOps:
         self.tape.append(backward)
         return y
 
+    def _pad_hw(self, layer: net.ConvLayer, x4: str, name: str) -> str:
+        """A (C, N, H, W) map padded with the layer's zeros before and after H and W."""
+        pb, pe = layer.pad_begin, layer.pad_end
+        return self.b.op("Pad", [x4, self.b.ints(f"pads/hw{pb}{pe}", [0, 0, pb, pb, 0, 0, pe, pe])], name)
+
     def _taps(self, layer: net.ConvLayer, padded: str, tag: str) -> List[str]:
-        """The 9 (C, N, Ho, Wo) windows of a padded (C, N, H+2, W+2) map that tap (i, j) reads."""
+        """The 9 (C, N, Ho, Wo) windows of a padded (C, N, H+pb+pe, W+pb+pe) map that tap (i, j) reads."""
         b, n, s, ho = self.b, layer.name, layer.stride, layer.out_hw
         out = []
         for i in range(3):
@@ -171,9 +176,8 @@ class LayerOps:
         b, n = self.b, layer.name
         c, h, ho = layer.in_channels, layer.in_hw, layer.out_hw
         wname = G.param_names(n)["weight"]
-        pads = b.ints("pads/hw1", [0, 0, 1, 1, 0, 0, 1, 1])
         x4 = b.op("Reshape", [x, b.shape(c, -1, h, h)], f"{n}/x4")
-        xp = b.op("Pad", [x4, pads], f"{n}/xpad")
+        xp = self._pad_hw(layer, x4, f"{n}/xpad")
         taps = b.op("Transpose", [b.op("Reshape", [wname, b.shape(c, 9)], f"{n}/taps_c9")], f"{n}/taps_9c", perm=[1, 0])
         taps = b.op("Reshape", [taps, b.shape(9, c, 1, 1, 1)], f"{n}/taps_9c111")
         per_tap = b.op("Split", [taps, b.ints("split/nine", [1] * 9)], f"{n}/tap", outputs=9, axis=0)
@@ -202,16 +206,19 @@ class LayerOps:
             self.grads[wname] = b.op("Reshape", [stacked, b.shape(*layer.weight_shape)], f"{n}/grad_weight")
             if not need_dx:
                 return None
-            up = dy4
-            if layer.stride == 2:  # zero-insertion: dY[a, b] lands at (2a, 2b) of an (H, W) map
+            # dX[p] = sum over taps i of w[i] * U[p + pb - i], U the (zero-inserted) dY in padded input
+            # coordinates (dY[a] at s a); U padded by 2 - pb before and to H + pb after, so that tap
+            # (i, j) reads the window that starts at (2 - i, 2 - j)
+            up, s = dy4, layer.stride
+            if s == 2:  # zero-insertion: dY[a, b] lands at (2a, 2b)
                 six = b.op("Reshape", [dy4, b.shape(c, -1, ho, 1, ho, 1)], f"{n}/dy6")
                 six = b.op("Pad", [six, b.ints("pads/zero_insert", [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1])],
                            f"{n}/dy6pad")
                 up = b.op("Reshape", [six, b.shape(c, -1, 2 * ho, 2 * ho)], f"{n}/dyup")
-                if h > 2 * ho:  # odd input side: the last row/column gets no output
-                    extra = h - 2 * ho
-                    up = b.op("Pad", [up, b.ints(f"pads/end{extra}", [0, 0, 0, 0, 0, 0, extra, extra])], f"{n}/dyup_odd")
-            upp = b.op("Pad", [up, pads], f"{n}/dyuppad")
+            before, after = 2 - layer.pad_begin, h + layer.pad_begin - s * ho
+            assert before >= 0 and after >= 0, (n, before, after)
+            upp = b.op("Pad", [up, b.ints(f"pads/back{before}{after}", [0, 0, before, before, 0, 0, after, after])],
+                       f"{n}/dyuppad")
             acc2 = None
             for i in range(3):
                 for j in range(3):
@@ -231,7 +238,7 @@ class LayerOps:
         h = layer.in_hw
         wname = G.param_names(n)["weight"]
         x4 = b.op("Reshape", [x, b.shape(layer.in_channels, -1, h, h)], f"{n}/x4")
-        xp = b.op("Pad", [x4, b.ints("pads/hw1", [0, 0, 1, 1, 0, 0, 1, 1])], f"{n}/xpad")
+        xp = self._pad_hw(layer, x4, f"{n}/xpad")
         windows = [b.op("Unsqueeze", [w, b.ints("axes/one", [1])], f"{n}/col{k}")
                    for k, w in enumerate(self._taps(layer, xp, "win"))]
         cols = b.op("Reshape", [b.op("Concat", windows, f"{n}/cols5", axis=1), b.shape(layer.in_channels * 9, -1)],
@@ -271,7 +278,7 @@ class LayerOps:
         gr = b.op("Mul", [gamma, r], f"{n}/gamma_r")
         a = b.op("Div", [gr, sigma_b], f"{n}/A")
         shift = b.op("Add", [b.op("Mul", [gamma, d], f"{n}/gamma_d"), beta], f"{n}/B")
-        out = b.op("Relu", [self._affine(yc, a, shift, c, f"{n}/z")], n)
+        out = self._activation(layer, self._affine(yc, a, shift, c, f"{n}/z"))
         flat = b.shape(c)
         self.activations.append((n, out))
         self.batch_stats.append((n, b.op("Reshape", [mu_b, flat], f"{n}/batch_mean"),
@@ -281,9 +288,7 @@ class LayerOps:
         def backward(grad: Grad) -> Grad:
             dout, scale = grad
             assert scale is None, "a BRN layer takes an unscaled gradient"
-            # 0/1 mask of the ReLU in one pass: out >= 0, so HardSigmoid = min(1, 3e38 out) is 0 exactly at
-            # 0 and 1 for every normal positive float (the session flushes denormals); Sign is ~8x slower
-            mask = b.op("HardSigmoid", [out], f"{n}/mask", alpha=3e38, beta=0.0)
+            mask = self._activation_mask(layer, out)
             if dout in self.pixel_constant:  # (C, N, 1) against the (C, N, HW) mask: a broadcast
                 mask3 = b.op("Reshape", [mask, b.shape(c, -1, layer.out_hw ** 2)], f"{n}/mask3")
                 dz = b.op("Reshape", [b.op("Mul", [mask3, dout], f"{n}/dz3"), b.shape(c, -1)], f"{n}/dz")
@@ -304,6 +309,26 @@ class LayerOps:
             return b.op("Add", [dz, self._affine(yc, k2, k3, c, f"{n}/yc_k2_k3")], f"{n}/dy"), a
         self.tape.append(backward)
         return out
+
+    def _activation(self, layer: net.ConvLayer, z: str) -> str:
+        """ReLU, or ReLU6 as Clip(0, 6) with constant bounds (initializers, which the CUDA provider
+        reads once; computed bounds are what keep a step out of a CUDA graph, see `_clip`)."""
+        b = self.b
+        if layer.activation == "relu6":
+            return b.op("Clip", [z, b.scalar(0.0), b.scalar(net.RELU6_MAX)], layer.name)
+        return b.op("Relu", [z], layer.name)
+
+    def _activation_mask(self, layer: net.ConvLayer, out: str) -> str:
+        """The activation's 0/1 derivative from its output: 1 where 0 < out (< 6 for ReLU6).
+
+        out >= 0, so HardSigmoid = min(1, 3e38 t) is 0 exactly at t = 0 and 1 for every normal positive
+        float (the session flushes denormals); Sign is ~8x slower. ReLU6: t = out (6 - out), which is 0
+        exactly where the clip cut (out = 0 or 6) and at least ~3e-6 strictly inside."""
+        b, n = self.b, layer.name
+        t = out
+        if layer.activation == "relu6":
+            t = b.op("Mul", [out, b.op("Sub", [b.scalar(net.RELU6_MAX), out], f"{n}/headroom")], f"{n}/inside")
+        return b.op("HardSigmoid", [t], f"{n}/mask", alpha=3e38, beta=0.0)
 
     def _clip(self, x: str, low: str, high: str, name: str) -> str:
         """min(max(x, low), high) with bounds computed on the device: Clip would do it in one node, but

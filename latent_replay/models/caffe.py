@@ -258,18 +258,30 @@ def _head(layers: Dict[str, CaffeLayer], features: int, path: Path) -> Tuple[Opt
     return None, None, ""
 
 
+def _width(layers: Dict[str, CaffeLayer], path: Path) -> float:
+    """The width multiplier, read from conv1's weight count (out x 3 x 3 x 3)."""
+    conv1 = layers.get("conv1")
+    if conv1 is None or not conv1.blobs:
+        raise WeightsError(f"{path} lacks conv layer 'conv1'; is this a MobileNetV1 caffemodel?")
+    try:
+        return net.infer_width({"conv1": conv1.blobs[0].size // 27}, str(path))
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
+
+
 def caffe_layers_to_weights(layers: Sequence[CaffeLayer], path: Union[str, Path]) -> MobileNetWeights:
     """Map parsed caffemodel layers onto the weight container (Caffe preprocessing)."""
     path = Path(path)
     named = _by_name(layers)
-    convs = {layer.name: _conv_params(named, layer, path) for layer in net.conv_layers()}
-    features = net.conv_layers()[-1].out_channels
-    head_weight, head_bias, head_name = _head(named, features, path)
+    arch = net.Architecture(_width(named, path))
+    convs = {layer.name: _conv_params(named, layer, path) for layer in net.conv_layers(arch=arch)}
+    head_weight, head_bias, head_name = _head(named, net.features(arch), path)
     norm_types = sorted({named[n + s].type for n in convs for s in NORM_SUFFIXES if n + s in named})
     weights = MobileNetWeights(
         convs=convs, preprocessing=CAFFE_PREPROCESSING, source=f"caffe:{path.name}",
         head_weight=head_weight, head_bias=head_bias,
         notes={"format": "caffemodel", "normalization": ",".join(norm_types), "head": head_name or "none"},
+        arch=arch,
     )
     try:
         weights.validate()
@@ -356,7 +368,7 @@ def weights_to_caffe_layers(weights: MobileNetWeights, norm: str = "BatchNorm", 
     """
     suffix = {"BatchNorm": "/bn", "BatchReNorm": "/brn"}[norm]
     out: List[CaffeLayer] = []
-    for layer in net.conv_layers():
+    for layer in net.conv_layers(arch=weights.arch):
         p = weights.convs[layer.name]
         stats = [p.mean * count, p.var * count, np.array([count], np.float32)]
         if norm == "BatchReNorm":

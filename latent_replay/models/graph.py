@@ -90,17 +90,26 @@ def _preprocess(g: _Graph, weights: MobileNetWeights, input_order: str = "BGR") 
 
 
 def _conv(g: _Graph, layer: net.ConvLayer, x: str, weight: str, bias: Optional[str]) -> str:
-    pad = layer.kernel // 2
     inputs = [x, weight] + ([bias] if bias else [])
     return g.node("Conv", inputs, [f"{layer.name}/conv"], layer.name,
                   kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
-                  pads=[pad] * 4, group=layer.group)
+                  pads=layer.pads, group=layer.group)
+
+
+def activation(g: _Graph, layer: net.ConvLayer, x: str, out: str) -> str:
+    """The layer's activation: Relu, or Clip(0, 6) for ReLU6 (constant bounds, which every provider
+    takes from an initializer)."""
+    if layer.activation == "relu6":
+        low = g.const("const/relu6_min", np.array(0.0, np.float32))
+        high = g.const("const/relu6_max", np.array(net.RELU6_MAX, np.float32))
+        return g.node("Clip", [x, low, high], [out], f"{layer.name}/relu6")
+    return g.node("Relu", [x], [out], f"{layer.name}/relu")
 
 
 def _front_block(g: _Graph, layer: net.ConvLayer, x: str, weights: MobileNetWeights) -> str:
     w, b = weights.convs[layer.name].folded()
     y = _conv(g, layer, x, g.const(f"{layer.name}/weight", w), g.const(f"{layer.name}/bias", b))
-    return g.node("Relu", [y], [layer.name], f"{layer.name}/relu")
+    return activation(g, layer, y, layer.name)
 
 
 def _channel(g: _Graph, name: str, x: str) -> str:
@@ -143,22 +152,22 @@ def _back_block(g: _Graph, layer: net.ConvLayer, x: str, mode: str, batch_stats:
         normed = g.node("Add", [scaled, _channel(g, f"{n}/d", d)], [f"{n}/normed"], f"{n}/add_d")
     y = g.node("Mul", [normed, gamma], [f"{n}/scaled"], f"{n}/scale")
     y = g.node("Add", [y, beta], [f"{n}/shifted"], f"{n}/shift")
-    return g.node("Relu", [y], [n], f"{n}/relu")
+    return activation(g, layer, y, n)
 
 
-def _pool_and_head(g: _Graph, x: str, head: Optional[str]) -> str:
+def _pool_and_head(g: _Graph, x: str, head: Optional[str], bias: Optional[str] = None) -> str:
     p = g.node("GlobalAveragePool", [x], ["pool6/4d"], net.POOL)
     p = g.node("Flatten", [p], [net.POOL], "pool6/flatten", axis=1)
     if head is None:
         return p
-    return g.node("Gemm", [p, head], [LOGITS], net.HEAD, transB=1)
+    return g.node("Gemm", [p, head] + ([bias] if bias else []), [LOGITS], net.HEAD, transB=1)
 
 
 def build_front(weights: MobileNetWeights, latent_layer: str, input_size: int = net.DEFAULT_INPUT_SIZE,
                 input_order: str = "BGR") -> onnx.ModelProto:
     """Inference graph: uint8 NHWC frames -> the latent layer's output (after its ReLU)."""
     net.check_latent_layer(latent_layer)
-    front, _ = net.split_layers(latent_layer, input_size)
+    front, _ = net.split_layers(latent_layer, input_size, weights.arch)
     g = _Graph()
     g.inputs.append(helper.make_tensor_value_info(FRAMES_INPUT, TensorProto.UINT8,
                                                   ["batch", input_size, input_size, 3]))
@@ -171,7 +180,7 @@ def build_front(weights: MobileNetWeights, latent_layer: str, input_size: int = 
         x = _front_block(g, layer, x, weights)
     if latent_layer == net.POOL:
         x = _pool_and_head(g, x, None)
-    shape = ["batch"] + list(net.latent_shape(latent_layer, input_size))
+    shape = ["batch"] + list(net.latent_shape(latent_layer, input_size, weights.arch))
     g.outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, shape))
     return g.model("mobilenet_v1_front")
 
@@ -179,7 +188,7 @@ def build_front(weights: MobileNetWeights, latent_layer: str, input_size: int = 
 def back_parameters(weights: MobileNetWeights, latent_layer: str, classes: int,
                     input_size: int = net.DEFAULT_INPUT_SIZE) -> Tuple[Dict[str, np.ndarray], List[str], List[str]]:
     """The back's arrays by artifact name, the trainable names and the carried (frozen) names."""
-    _, back = net.split_layers(latent_layer, input_size)
+    _, back = net.split_layers(latent_layer, input_size, weights.arch)
     arrays: Dict[str, np.ndarray] = {}
     trainable: List[str] = []
     carried: List[str] = []
@@ -213,10 +222,10 @@ def build_back(weights: MobileNetWeights, latent_layer: str, classes: int, mode:
     if classes < 2:
         raise ValueError(f"the class count must be at least 2, got {classes}")
     net.check_latent_layer(latent_layer)
-    _, back = net.split_layers(latent_layer, input_size)
+    _, back = net.split_layers(latent_layer, input_size, weights.arch)
     g = _Graph()
     arrays, _, _ = back_parameters(weights, latent_layer, classes, input_size)
-    shape = ["batch"] + list(net.latent_shape(latent_layer, input_size))
+    shape = ["batch"] + list(net.latent_shape(latent_layer, input_size, weights.arch))
     if latent_layer == net.DATA:
         g.inputs.append(helper.make_tensor_value_info(LATENT_INPUT, TensorProto.UINT8, shape))
         g.nodes.append(helper.make_node("Identity", [LATENT_INPUT], [FRAMES_INPUT], name="latent/identity"))
@@ -250,14 +259,15 @@ def build_back(weights: MobileNetWeights, latent_layer: str, classes: int, mode:
 
 def build_full(weights: MobileNetWeights, classes: int, input_size: int = net.DEFAULT_INPUT_SIZE,
                input_order: str = "BGR") -> onnx.ModelProto:
-    """The whole network for inference with normalization folded (frames -> logits); a test reference."""
+    """The whole network for inference with normalization folded (frames -> logits), the imported
+    head's bias included (`predict --weights`: the ImageNet classifier as the file has it)."""
     g = _Graph()
     g.inputs.append(helper.make_tensor_value_info(FRAMES_INPUT, TensorProto.UINT8,
                                                   ["batch", input_size, input_size, 3]))
     x = _preprocess(g, weights, input_order)
-    for layer in net.conv_layers(input_size):
+    for layer in net.conv_layers(input_size, weights.arch):
         x = _front_block(g, layer, x, weights)
-    head, _, _ = weights.head_for(classes)
-    x = _pool_and_head(g, x, g.const(HEAD_WEIGHT, head))
+    head, bias, _ = weights.head_for(classes)
+    x = _pool_and_head(g, x, g.const(HEAD_WEIGHT, head), g.const(f"{net.HEAD}/bias", bias))
     g.outputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", classes]))
     return g.model("mobilenet_v1")

@@ -16,7 +16,7 @@ Initialization: He/Kaiming normal with mode "fan_out" as torchvision's MobileNet
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -45,16 +45,17 @@ def calibration_frames(rng: np.random.Generator, count: int, size: int) -> np.nd
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, stride: int, group: int) -> np.ndarray:
-    """NCHW convolution, padding k//2 (as in MobileNetV1): full/1x1 via matmul, depthwise via shifts."""
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int, group: int, pads: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """NCHW convolution, zero padding `pads` = (before, after) on H and W (default k//2 on both sides,
+    as Caffe's MobileNetV1): full/1x1 via matmul, depthwise via shifts."""
     n, c, h, wd = x.shape
     o, _, k, _ = w.shape
     if k == 1:
         y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x[:, :, ::stride, ::stride], optimize=True)
         return np.ascontiguousarray(y, dtype=np.float32)
-    pad = k // 2
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    before, after = pads if pads is not None else (k // 2, k // 2)
+    xp = np.pad(x, ((0, 0), (0, 0), (before, after), (before, after)))
+    ho, wo = (h + before + after - k) // stride + 1, (wd + before + after - k) // stride + 1
     taps = [xp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride] for i in range(k) for j in range(k)]
     if group == c and o == c:  # depthwise
         y = np.zeros((n, c, ho, wo), np.float32)
@@ -70,22 +71,27 @@ def _calibrate(layers: Iterable[net.ConvLayer], convs: dict, x: np.ndarray) -> N
     """Forward `x` through the convs, setting each layer's mean/var to its measured statistics."""
     for layer in layers:
         p = convs[layer.name]
-        y = conv2d(x, p.weight, layer.stride, layer.group).astype(np.float64)
+        y = conv2d(x, p.weight, layer.stride, layer.group, (layer.pad_begin, layer.pad_end)).astype(np.float64)
         p.mean = y.mean(axis=(0, 2, 3)).astype(np.float32)
         p.var = y.var(axis=(0, 2, 3)).astype(np.float32)
         scale = (p.gamma / np.sqrt(p.var + p.eps)).reshape(1, -1, 1, 1)
         shift = (p.beta - p.mean * p.gamma / np.sqrt(p.var + p.eps)).reshape(1, -1, 1, 1)
-        x = np.maximum(y * scale + shift, 0).astype(np.float32)
+        x = np.maximum(y * scale + shift, 0)
+        if layer.activation == "relu6":
+            x = np.minimum(x, net.RELU6_MAX)
+        x = x.astype(np.float32)
 
 
 def random_weights(seed: int = 0, preprocessing: Preprocessing = TORCH_PREPROCESSING,
-                   input_size: int = net.DEFAULT_INPUT_SIZE, classes: Optional[int] = None) -> MobileNetWeights:
-    """Deterministic random MobileNetV1 for `seed`, normalization calibrated at `input_size`.
+                   input_size: int = net.DEFAULT_INPUT_SIZE, classes: Optional[int] = None,
+                   arch: net.Architecture = net.DEFAULT_ARCH) -> MobileNetWeights:
+    """Deterministic random MobileNetV1 of `arch` (width, padding, activation) for `seed`,
+    normalization calibrated at `input_size`.
 
     With `classes` a small random mid_fc7 head (std 0.01, zero bias) is included; otherwise none.
     """
     rng = np.random.default_rng(seed)
-    layers = net.conv_layers(input_size)
+    layers = net.conv_layers(input_size, arch)
     convs = {}
     for layer in layers:
         c = layer.out_channels
@@ -100,8 +106,10 @@ def random_weights(seed: int = 0, preprocessing: Preprocessing = TORCH_PREPROCES
     if classes is not None:
         head_weight = (rng.standard_normal((classes, layers[-1].out_channels)) * HEAD_STD).astype(np.float32)
         head_bias = np.zeros(classes, np.float32)
+    width = "" if arch.width == 1.0 else f", width={arch.width:g}"
     return MobileNetWeights(
-        convs=convs, preprocessing=preprocessing, source=f"random(seed={seed})",
+        convs=convs, preprocessing=preprocessing, source=f"random(seed={seed}{width})",
         head_weight=head_weight, head_bias=head_bias,
         notes={"init": "kaiming_normal fan_out", "calibration": f"{CALIBRATION_FRAMES} frames at {input_size}px"},
+        arch=arch,
     )

@@ -72,7 +72,7 @@ def detect_family(state: Mapping[str, np.ndarray]) -> Optional[str]:
 
 def _get(state: Mapping[str, np.ndarray], key: str, source: str) -> np.ndarray:
     if key not in state:
-        raise WeightsError(f"{source} lacks {key!r}; is it a complete MobileNetV1 (width 1.0) state dict?")
+        raise WeightsError(f"{source} lacks {key!r}; is it a complete MobileNetV1 state dict?")
     return np.asarray(state[key], dtype=np.float32)
 
 
@@ -84,6 +84,11 @@ def state_dict_to_weights(state: Mapping[str, np.ndarray], source: str) -> Mobil
             f"{source} is not a known MobileNetV1 state dict (expected timm 'conv_stem.weight' "
             f"or pytorchcv 'features.init_block.conv.weight' keys)"
         )
+    stem = _get(state, FAMILIES[family][1][0], source)
+    try:
+        arch = net.Architecture(net.infer_width({"conv1": int(stem.shape[0])}, source))
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
     convs = {}
     for name, (weight_key, bn) in key_map(family).items():
         convs[name] = ConvParams(
@@ -95,11 +100,11 @@ def state_dict_to_weights(state: Mapping[str, np.ndarray], source: str) -> Mobil
     head_weight = np.asarray(state[head + "weight"], np.float32) if head + "weight" in state else None
     head_bias = np.asarray(state[head + "bias"], np.float32) if head + "bias" in state else None
     weights = MobileNetWeights(convs, TORCH_PREPROCESSING, f"{family}:{source}", head_weight, head_bias,
-                               notes={"format": family})
+                               notes={"format": family}, arch=arch)
     try:
         weights.validate()
     except ValueError as e:
-        raise WeightsError(f"{e}; is it MobileNetV1 width 1.0?") from None
+        raise WeightsError(f"{e}; is it a complete MobileNetV1 of width {arch.width:g}?") from None
     return weights
 
 

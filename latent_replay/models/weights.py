@@ -3,12 +3,13 @@
 Weights are plain numpy arrays keyed by the Caffe layer names of `mobilenet_v1`, with inference
 normalization statistics (mean, var, eps) and the per-channel scale/shift kept apart so that the
 exporter can fold them for the frozen front and keep them as Batch Renormalization state in the back.
-Preprocessing travels with the weights because it depends on where they came from.
+Preprocessing and the architecture (width, padding rule, activation) travel with the weights because
+they depend on where the weights came from.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class Preprocessing:
     `mean` and `std` are in 0..255 pixel units and in the network's channel order.
     """
 
-    channel_order: str  # channel order the network expects: "BGR" (Caffe) or "RGB" (PyTorch)
+    channel_order: str  # channel order the network expects: "BGR" (Caffe) or "RGB" (PyTorch, TF)
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     name: str
@@ -52,6 +53,7 @@ CAFFE_PREPROCESSING = Preprocessing("BGR", (104.0, 117.0, 123.0), (1.0, 1.0, 1.0
 TORCH_PREPROCESSING = Preprocessing(
     "RGB", (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255), "imagenet"
 )
+TF_PREPROCESSING = Preprocessing("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), "tf")  # x / 127.5 - 1
 
 
 @dataclass
@@ -80,13 +82,24 @@ class MobileNetWeights:
     convs: Dict[str, ConvParams]
     preprocessing: Preprocessing
     source: str
-    head_weight: Optional[np.ndarray] = None  # (classes, 1024); None: a new head is initialised
+    head_weight: Optional[np.ndarray] = None  # (classes, features); None: a new head is initialised
     head_bias: Optional[np.ndarray] = None
     notes: Dict[str, str] = field(default_factory=dict)
+    arch: net.Architecture = net.DEFAULT_ARCH
+    class_names: Optional[List[str]] = None  # names of the imported head's outputs, when the file has them
 
     def validate(self, input_size: int = net.DEFAULT_INPUT_SIZE) -> None:
-        """Raise ValueError naming the first missing layer or wrong shape."""
-        for layer in net.conv_layers(input_size):
+        """Raise ValueError naming the first missing layer or wrong shape, or an input size these
+        weights cannot be run at exactly."""
+        layers = net.conv_layers(input_size, self.arch)
+        odd = next((l for l in layers if self.arch.padding == "same" and l.stride == 2 and l.in_hw % 2), None)
+        if odd is not None:
+            # TF 'same' (Keras 2.1, TF.js) and Keras >= 2.2's ZeroPadding2D((0, 1), (0, 1)) + 'valid' agree on
+            # even maps only, and a weights file does not always say which one it was trained with
+            raise ValueError(f"weights from {self.source} are a TF/Keras MobileNet, whose Keras versions pad the "
+                             f"stride-2 layer {odd.name} differently on its odd {odd.in_hw}x{odd.in_hw} map at input "
+                             f"size {input_size}; use an input size that is a multiple of 32 (128, 160, 192, 224)")
+        for layer in layers:
             if layer.name not in self.convs:
                 raise ValueError(f"weights from {self.source} lack layer {layer.name!r}")
             p = self.convs[layer.name]
@@ -110,7 +123,7 @@ class MobileNetWeights:
 
         Returns (weight, bias, reused). A new head starts at zero: CWR* consolidates from zero weights.
         """
-        final = net.conv_layers()[-1].out_channels
+        final = net.features(self.arch)
         if self.head_weight is not None and self.head_weight.shape == (classes, final):
             bias = self.head_bias if self.head_bias is not None else np.zeros(classes, np.float32)
             return self.head_weight.astype(np.float32), bias.astype(np.float32), True
