@@ -262,7 +262,7 @@ def test_orchestration_at_two_thread_counts(tmp_path, monkeypatch):
     pool6; the scaling targets judged."""
     fake = FakeWorkers()
     monkeypatch.setattr(run, "run_worker", fake)
-    monkeypatch.setattr(run, "_export_step", lambda layers, tmp: {layer: f"/step/{layer}" for layer in layers})
+    monkeypatch.setattr(run, "_export_step", lambda layers, tmp, width: {layer: f"/step/{layer}" for layer in layers})
     monkeypatch.setattr(run, "training_python", lambda path: {"python": "/venv-training/python",
                                                               "onnxruntime": "1.19.2", "python_version": "3.11"})
     args = _args(tmp_path, "conv5_4/dw,pool6", threads="2,1")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..models import mobilenet_v1 as net
-from .common import UserError, add_weights_arguments, load_weights_announced
+from .common import UserError, add_weights_arguments, add_width_argument, load_weights_announced
 
 EXIT_USAGE = 2
 
@@ -20,6 +20,7 @@ def add_layers_command(sub: argparse._SubParsersAction) -> None:
                                    "and parameters of the frozen front and the trainable back.")
     p.add_argument("--input-size", type=int, default=net.DEFAULT_INPUT_SIZE, help="square input side (default 128)")
     p.add_argument("--classes", type=int, default=net.DEFAULT_CLASSES, help="output classes (default 50)")
+    add_width_argument(p, "(default 1.0: 32..1024 channels; 0.75: 24..768, as Keras computes them)", 1.0)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_layers)
 
@@ -28,7 +29,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     if args.classes < 2:
         raise UserError(f"--classes must be at least 2, got {args.classes}")
     try:
-        rows = net.layer_table(args.input_size, args.classes)
+        rows = net.layer_table(args.input_size, args.classes, net.Architecture(args.width))
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.json:
@@ -48,7 +49,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         print(f"{r.latent_layer:<12} {shape:>14} {r.latent_values:>8} {r.bytes_per_pattern('fp32'):>8} "
               f"{r.bytes_per_pattern('fp16'):>8} {r.bytes_per_pattern('uint8'):>8} {r.front_macs / 1e6:>10.1f} "
               f"{r.front_params / 1e6:>10.3f} {r.back_macs / 1e6:>10.1f} {r.back_params / 1e6:>10.3f}")
-    print(f"\ninput {args.input_size}x{args.input_size}x3, {args.classes} classes; `data` stores raw uint8 frames "
+    print(f"\ninput {args.input_size}x{args.input_size}x3, width {args.width:g}, {args.classes} classes; `data` stores "
+          f"raw uint8 frames "
           f"(native replay); uint8 latents add one float scale per channel for the whole pool.")
     return 0
 
@@ -81,7 +83,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     check_output(Path(args.out))  # before the weights load: a folder we may not replace is refused at once
     engines = check_engines(args.engine.split(","))
-    weights = load_weights_announced(args.weights, args.seed, args.preprocessing)
+    weights = load_weights_announced(args.weights, args.seed, args.preprocessing, args.width)
     manifest = export(weights, args.latent_layer, args.classes, Path(args.out), args.input_size, args.input_order,
                       progress=lambda step: print(f"exporting {step} ...", file=sys.stderr), engines=engines)
     cost = manifest.cost

@@ -50,15 +50,35 @@ def inference_model(artifacts: Path, parameters: Dict[str, np.ndarray]) -> onnx.
     front_out = front.graph.output[0].name
     merged = compose.merge_models(front, back, io_map=[(front_out, inputs[0].name)], prefix2=BACK_PREFIX,
                                   producer_name="latent-replay export-model")
-    logits = BACK_PREFIX + back.graph.output[0].name
-    merged.graph.node.extend([helper.make_node("Identity", [logits], ["logits"], name="logits"),
-                              helper.make_node("Softmax", [logits], ["probabilities"], name="probabilities", axis=1)])
-    classes = manifest.classes
-    del merged.graph.output[:]
-    merged.graph.output.extend([helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", classes]),
-                                helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes])])
-    onnx.checker.check_model(merged)
-    return merged
+    return _with_outputs(merged, BACK_PREFIX + back.graph.output[0].name, manifest.classes)
+
+
+def _with_outputs(model: onnx.ModelProto, logits: str, classes: int) -> onnx.ModelProto:
+    """`model` answering `logits` and their softmax `probabilities` (the learned model's two outputs)."""
+    model.graph.node.extend([helper.make_node("Identity", [logits], ["logits"], name="logits"),
+                             helper.make_node("Softmax", [logits], ["probabilities"], name="probabilities", axis=1)])
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", classes]),
+                               helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["batch", classes])])
+    onnx.checker.check_model(model)
+    return model
+
+
+def weights_model(weights: Any, input_size: int) -> onnx.ModelProto:
+    """The whole imported network with the file's own classifier (bias included): frames -> logits,
+    probabilities. Weights without a classifier: UserError."""
+    from ..models import graph as g
+
+    if weights.head_weight is None:
+        raise UserError(f"the weights {weights.source} have no classifier (a no-top file, or random weights): "
+                        f"nothing to predict with; pass weights with their ImageNet top, or train a head with "
+                        f"`latent-replay run` and predict with --state")
+    try:
+        weights.validate(input_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return _with_outputs(g.build_full(weights, len(weights.head_weight), input_size), g.LOGITS,
+                         len(weights.head_weight))
 
 
 # Metadata keys of a learned model; every value is a JSON string.

@@ -1,11 +1,12 @@
 """`latent-replay predict`: classify images with what a learner learned.
 
-Three sources of a model, all run the same way (one inference ONNX in an InferenceSession): a
+Four sources of a model, all run the same way (one inference ONNX in an InferenceSession): a
 learner state (`--state`: a run's or a stream's; the learned model is built in memory exactly as
 `export-model` writes it), a file `export-model` wrote (`--model`: class names and input format
-from its metadata, no artifacts needed), or exported artifacts as they are (`--artifacts` alone:
-only useful when the weights bring a trained head). A head that learned nothing is refused: it gives
-every class the same probability.
+from its metadata, no artifacts needed), exported artifacts as they are (`--artifacts` alone:
+only useful when the weights bring a trained head), or pretrained weights with their own classifier
+(`--weights`: e.g. Keras's ImageNet MobileNet, which names ImageNet classes). A head that learned
+nothing is refused: it gives every class the same probability.
 """
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a learned model written by `latent-replay export-model` (needs no artifacts)")
     p.add_argument("--artifacts", help="the artifacts the state was trained on (default: found next to the "
                                        "state); alone, the export's own head (untrained for random weights)")
+    p.add_argument("--weights", help="pretrained weights with their classifier (a Keras .h5 with top, a TF.js "
+                                     "model.json, keras:1.0_128, ...): the whole imported network, e.g. its 1000 "
+                                     "ImageNet classes; class names from the weights' metadata or --labels")
+    p.add_argument("--classes", type=int, default=None,
+                   help="with --weights: the classes its classifier must have (e.g. 1000); default: whatever it has")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="with --weights: the square input side images are resized to (default 128; Keras's "
+                        "ImageNet models were trained at the size in their name, e.g. 224)")
+    p.add_argument("--labels", help="with --weights: a text file with one class name per line, in output order")
     p.add_argument("--top", type=int, default=3, help="how many classes to print per image (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="execution provider")
@@ -120,9 +130,18 @@ def _load(args: argparse.Namespace) -> Loaded:
     from .export_model import BACK_PREFIX, find_artifacts, head_classes, inference_model, learned_model, \
         resolve_state, set_metadata
 
+    given = [name for name in ("model", "state", "weights") if getattr(args, name)]
+    if len(given) > 1:
+        raise UserError(f"--{given[0]} already names the model to predict with: drop --{given[1]}")
+    if args.weights:
+        if args.artifacts:
+            raise UserError("--weights brings the whole network: drop --artifacts")
+        return _weights(args)
+    if args.classes is not None or args.input_size is not None or args.labels:
+        raise UserError("--classes, --input-size and --labels go with --weights (the other models know theirs)")
     if args.model:
-        if args.state or args.artifacts:
-            raise UserError("--model already holds the artifacts and what was learned: drop --state/--artifacts")
+        if args.artifacts:
+            raise UserError("--model already holds the artifacts and what was learned: drop --artifacts")
         return _model_file(Path(args.model))
     if args.state:
         state_path, note = resolve_state(Path(args.state), run_folder=True)
@@ -140,6 +159,35 @@ def _load(args: argparse.Namespace) -> Loaded:
         return Loaded(model, classes, _head(model, BACK_PREFIX + manifest.head),
                       f"the export in {artifacts} (its own head: nothing was learned)")
     raise UserError(f"nothing to predict with: {HOW}")
+
+
+def _labels(path: Path, outputs: int) -> List[str]:
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--labels {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if len(names) != outputs:
+        raise UserError(f"--labels {path} has {len(names)} names for a classifier of {outputs} classes; give one name "
+                        f"per line, in output order")
+    return names
+
+
+def _weights(args: argparse.Namespace) -> Loaded:
+    """The network of --weights with its own classifier (ImageNet's for Keras's files)."""
+    from ..models import mobilenet_v1 as net
+    from ..models.load import load_weights
+    from .export_model import ModelClasses, weights_model
+
+    weights = load_weights(args.weights)  # random weights have no classifier: refused below, not announced
+    size = args.input_size or net.DEFAULT_INPUT_SIZE
+    model = weights_model(weights, size)
+    outputs = int(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    if args.classes is not None and args.classes != outputs:
+        raise UserError(f"the classifier of {weights.source} has {outputs} classes, not --classes {args.classes}")
+    names = _labels(Path(args.labels), outputs) if args.labels else (weights.class_names or
+                                                                     [f"class_{c}" for c in range(outputs)])
+    return Loaded(model, ModelClasses(names, list(range(outputs)), "weights"), weights.head_weight,
+                  f"the weights {weights.source}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

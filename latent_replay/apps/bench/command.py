@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ...models import mobilenet_v1 as net
-from ..common import UserError
+from ..common import UserError, add_width_argument
 from . import probes as core
 from .report import COMPARE_ROWS, derive, table
 from .workers import BACK_TRAIN_FACTOR, CLASSES, FULL, QUICK, SEED, package_env, run_worker
@@ -128,11 +128,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.checked = True
 
 
-def _export_step(layers: List[str], tmp: Path) -> Dict[str, str]:
+def _export_step(layers: List[str], tmp: Path, width: float) -> Dict[str, str]:
     from ...export.exporter import export
-    from ...models.random_init import random_weights
+    from .workers import bench_weights
 
-    weights = random_weights(SEED, classes=CLASSES)
+    weights = bench_weights(width)
     artifacts = {}
     for layer in layers:
         out = tmp / ("art-" + layer.replace("/", "_"))
@@ -141,7 +141,8 @@ def _export_step(layers: List[str], tmp: Path) -> Dict[str, str]:
     return artifacts
 
 
-def _export_training(training: Dict[str, Any], layers: List[str], tmp: Path, log: Log) -> Dict[str, Any]:
+def _export_training(training: Dict[str, Any], layers: List[str], tmp: Path, width: float,
+                     log: Log) -> Dict[str, Any]:
     """The ORT training artifacts, written by the training interpreter; `training` with their folders."""
     if "skipped" in training:
         return training
@@ -149,6 +150,7 @@ def _export_training(training: Dict[str, Any], layers: List[str], tmp: Path, log
     out = tmp / "ort-training"
     out.mkdir()
     res = run_worker({"kind": "export", "threads": 1, "layers": layers, "engines": ["step", "ort-training"],
+                      "width": width,
                       "out": str(out)}, tmp, training["python"])
     if "error" in res:
         return {**training, "error": res["error"]}
@@ -274,7 +276,7 @@ def benchmark(args: argparse.Namespace, log: Log = print) -> Dict[str, Any]:
     t_start = time.perf_counter()
     results: Dict[str, Any] = {
         "machine": core.machine_info(), "threads": counts[0], "thread_counts": counts, "device": args.device,
-        "quick": bool(args.quick), "ort_spinning": bool(args.spin), "params": params,
+        "quick": bool(args.quick), "ort_spinning": bool(args.spin), "params": params, "width": args.width,
         "rounds": args.rounds or (1 if args.quick else 2),
         "layers": args.layer_list, "storages": args.storage_list, "back_train_mac_factor": BACK_TRAIN_FACTOR,
         "torch": {"available": has_torch, "info": torch_info},
@@ -286,12 +288,12 @@ def benchmark(args: argparse.Namespace, log: Log = print) -> Dict[str, Any]:
     results["versions"] = {"onnxruntime": ort.__version__, "torch": torch_info if has_torch else None}
     with tempfile.TemporaryDirectory(prefix="lr-bench-") as tmp:
         tmp_path = Path(tmp)
-        artifacts = _export_step(args.layer_list, tmp_path)
-        training = _export_training(args.training, args.layer_list, tmp_path, log)
+        artifacts = _export_step(args.layer_list, tmp_path, args.width)
+        training = _export_training(args.training, args.layer_list, tmp_path, args.width, log)
         results["training"] = {k: v for k, v in training.items() if k != "artifacts"}
         log(f"benchmark: {len(args.layer_list)} layer(s) x {len(args.storage_list)} storage(s), "
             f"threads {', '.join(map(str, counts))}, {'quick' if args.quick else 'full'} mode")
-        base = {"device": args.device, "spin": bool(args.spin), "workdir": tmp, **params}
+        base = {"device": args.device, "spin": bool(args.spin), "workdir": tmp, "width": args.width, **params}
         _measure_figures(results, {**base, "threads": counts[0]}, artifacts, has_torch, torch_info, log)
         results["compare"] = {str(t): _measure_compare(results, {**base, "threads": t}, artifacts, training,
                                                        None if has_torch else torch_info, log) for t in counts}
@@ -307,6 +309,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default=f"{net.DEFAULT_LATENT_LAYER},{net.POOL}",
                    help="latent layers, comma-separated (default conv5_4/dw,pool6; AR1*-free, CWR* at pool6)")
     p.add_argument("--storage", default="fp32,uint8", help="replay pool dtypes, comma-separated (default fp32,uint8)")
+    add_width_argument(p, "of the benchmarked network (random weights; default 1.0)", 1.0)
     p.add_argument("--threads", default="2,0",
                    help="thread counts for ONNX Runtime, PyTorch and the GEMM probe, comma-separated; 0: all "
                         "usable cores (default 2,0: how each side scales). The front, pool and memory figures "

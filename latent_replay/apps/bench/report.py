@@ -29,9 +29,12 @@ def batch_macs(row: Dict[str, Any], cost: Any) -> float:
 def derive(results: Dict[str, Any]) -> None:
     """Ratios, achieved MAC rates as fractions of the GEMM rate, pool checks, cross-checks, targets."""
     gemm = results["gemm"].get("macs_per_s") if _ok(results["gemm"]) else None
-    derived: Dict[str, Any] = {"front": {layer: _derive_front(layer, e, gemm) for layer, e in results["front"].items()},
-                               "batch": {layer: _derive_batch(layer, e, gemm) for layer, e in results["batch"].items()},
-                               "compare": {t: _derive_compare(run) for t, run in results.get("compare", {}).items()}}
+    arch = net.Architecture(results.get("width", 1.0))
+    derived: Dict[str, Any] = {"front": {layer: _derive_front(net.split_cost(layer, arch=arch), e, gemm)
+                                         for layer, e in results["front"].items()},
+                               "batch": {layer: _derive_batch(net.split_cost(layer, arch=arch), e, gemm)
+                                         for layer, e in results["batch"].items()},
+                               "compare": {t: _derive_compare(run, arch) for t, run in results.get("compare", {}).items()}}
     derived["targets"] = targets(results, derived)
     derived["errors"] = errors(results)
     results["derived"] = derived
@@ -55,8 +58,7 @@ def _walk(d: Dict[str, Any], prefix: str = "") -> Iterator[Tuple[str, Dict[str, 
                 yield from _walk(v, prefix + k + ".")
 
 
-def _derive_front(layer: str, entry: Dict[str, Any], gemm: Optional[float]) -> Dict[str, Any]:
-    cost = net.split_cost(layer)
+def _derive_front(cost: net.SplitCost, entry: Dict[str, Any], gemm: Optional[float]) -> Dict[str, Any]:
     d: Dict[str, Any] = {"front_macs_per_frame": cost.front_macs}
     ours, theirs = entry["ours"], entry["torch"]
     if not _ok(ours):
@@ -73,8 +75,7 @@ def _derive_front(layer: str, entry: Dict[str, Any], gemm: Optional[float]) -> D
     return d
 
 
-def _derive_batch(layer: str, entry: Dict[str, Any], gemm: Optional[float]) -> Dict[str, Any]:
-    cost = net.split_cost(layer)
+def _derive_batch(cost: net.SplitCost, entry: Dict[str, Any], gemm: Optional[float]) -> Dict[str, Any]:
     dl: Dict[str, Any] = {}
     for storage, ours in entry.items():
         if not _ok(ours):
@@ -97,14 +98,14 @@ def _derive_batch(layer: str, entry: Dict[str, Any], gemm: Optional[float]) -> D
     return dl
 
 
-def _derive_compare(run: Dict[str, Any]) -> Dict[str, Any]:
+def _derive_compare(run: Dict[str, Any], arch: net.Architecture) -> Dict[str, Any]:
     """Per layer and row: MAC rate, and against the step engine's row: how many times faster the
     step engine is (per batch, per step), peak RSS step/row, and how far apart the trained output
     layers are (`fingerprint_distance`: ~1e-7 for the same algorithm, ~1e-2 for bf16 or BN)."""
     gemm = run["gemm"].get("macs_per_s") if _ok(run["gemm"]) else None
     out: Dict[str, Any] = {}
     for layer, rows in run["layers"].items():
-        cost, ref = net.split_cost(layer), rows.get("step")
+        cost, ref = net.split_cost(layer, arch=arch), rows.get("step")
         d: Dict[str, Any] = {}
         for name, row in rows.items():
             if not _ok(row):

@@ -103,7 +103,7 @@ class TorchSide:
         self.method, self.hyper = method, hyper
         self.front = self.layout(tm.Front(weights, latent_layer))
         self.criterion = torch.nn.CrossEntropyLoss()
-        shape = tuple(net.latent_shape(latent_layer))
+        shape = tuple(net.latent_shape(latent_layer, arch=weights.arch))
         self.rm_x = self.layout(torch.empty((memory,) + shape, dtype=torch.float32))
         self.rm_y = torch.zeros(memory, dtype=torch.int64)
         slots, j = data.memory_slots(memory), 0

@@ -55,12 +55,20 @@ class BatchRenorm2D(nn.Module):
         return x
 
 
-def conv(layer: net.ConvLayer, weight: np.ndarray) -> nn.Conv2d:
-    c = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.kernel // 2,
-                  groups=layer.group, bias=False)
+def conv(layer: net.ConvLayer, weight: np.ndarray) -> nn.Module:
+    """The layer's convolution with its padding (asymmetric TF 'same' padding as an explicit ZeroPad2d)."""
+    symmetric = layer.pad_begin == layer.pad_end
+    c = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
+                  layer.pad_begin if symmetric else 0, groups=layer.group, bias=False)
     with torch.no_grad():
         c.weight.copy_(torch.from_numpy(weight))
-    return c
+    if symmetric:
+        return c
+    return nn.Sequential(nn.ZeroPad2d((layer.pad_begin, layer.pad_end) * 2), c)
+
+
+def activation(layer: net.ConvLayer) -> nn.Module:
+    return nn.ReLU6(inplace=True) if layer.activation == "relu6" else nn.ReLU(inplace=True)
 
 
 def batch_norm(weights: MobileNetWeights, name: str, channels: int, momentum: float = 0.1) -> nn.BatchNorm2d:
@@ -80,11 +88,11 @@ class Front(nn.Module):
 
     def __init__(self, weights: MobileNetWeights, latent_layer: str) -> None:
         super().__init__()
-        layers, _ = net.split_layers(latent_layer)
+        layers, _ = net.split_layers(latent_layer, arch=weights.arch)
         mods: List[nn.Module] = []
         for layer in layers:
             mods += [conv(layer, weights.convs[layer.name].weight), batch_norm(weights, layer.name, layer.out_channels),
-                     nn.ReLU(inplace=True)]
+                     activation(layer)]
         self.features = nn.Sequential(*mods)
         self.pool = latent_layer == net.POOL
         pre = weights.preprocessing
@@ -117,7 +125,7 @@ class Back(nn.Module):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        _, layers = net.split_layers(latent_layer)
+        _, layers = net.split_layers(latent_layer, arch=weights.arch)
         mods: List[nn.Module] = []
         for layer in layers:
             p = weights.convs[layer.name]
@@ -126,7 +134,7 @@ class Back(nn.Module):
                 norm_layer: nn.Module = BatchRenorm2D(p.gamma, p.beta, p.mean, std, **brn)
             else:
                 norm_layer = batch_norm(weights, layer.name, layer.out_channels, brn["momentum"])
-            mods += [conv(layer, p.weight), norm_layer, nn.ReLU(inplace=True)]
+            mods += [conv(layer, p.weight), norm_layer, activation(layer)]
         self.features = nn.Sequential(*mods)
         self.pool = latent_layer != net.POOL
         head, _, _ = weights.head_for(classes)

@@ -51,10 +51,15 @@ def _frames(n: int, seed: int = 1) -> np.ndarray:
     return calibration_frames(np.random.default_rng(seed), n, net.DEFAULT_INPUT_SIZE)
 
 
-def _weights():
+def bench_weights(width: float = 1.0):
+    """The benchmark's network: seeded random weights at `width` (speed does not depend on the values)."""
     from ...models.random_init import random_weights
 
-    return random_weights(SEED, classes=CLASSES)
+    return random_weights(SEED, classes=CLASSES, arch=net.Architecture(width))
+
+
+def _weights(spec: Dict[str, Any]):
+    return bench_weights(spec.get("width", 1.0))
 
 
 def worker_gemm(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -179,12 +184,12 @@ def _warm_steps(learner: Any, front: Any, frames: np.ndarray, labels: np.ndarray
     return times
 
 
-def _pool_figures(pool: Any, layer: str, storage: str) -> Dict[str, Any]:
+def _pool_figures(pool: Any, layer: str, storage: str, width: float) -> Dict[str, Any]:
     scale = pool.scale
     return {"patterns": pool.capacity, "filled": len(pool), "bytes_per_pattern": pool.bytes_per_pattern,
             "labels_bytes": pool.capacity * np.dtype(np.int64).itemsize,
             "scale_bytes": 0 if scale is None else int(scale.nbytes), "total_bytes": int(pool.nbytes),
-            "analytic_bytes_per_pattern": net.split_cost(layer).bytes_per_pattern(storage),
+            "analytic_bytes_per_pattern": net.split_cost(layer, arch=net.Architecture(width)).bytes_per_pattern(storage),
             "clipped": int(getattr(pool, "clipped", 0))}
 
 
@@ -228,7 +233,7 @@ def worker_ours_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
         "loss": stats["loss"],
         "head_fingerprint": data.fingerprint(back.get(learner.head)),
         "trained_parameters": int(sum(np.prod(back.shape(n)) for n in learner.active_parameters(1))),
-        "pool": _pool_figures(pool, spec["layer"], spec["storage"]),
+        "pool": _pool_figures(pool, spec["layer"], spec["storage"], spec.get("width", 1.0)),
         "rss_after_imports_mb": rss0, "rss_after_setup_mb": rss_setup, "peak_rss_mb": core.peak_rss_mb(),
         "ort_arena": core.ort_arena_info(back._options),
         "gpu_memory": core.gpu_memory() if spec["device"] == "cuda" else {"skipped": "--device cpu"},
@@ -242,7 +247,7 @@ def worker_export(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     from ...export.exporter import export
 
-    weights = _weights()
+    weights = _weights(spec)
     out = {}
     for layer in spec["layers"]:
         directory = Path(spec["out"]) / ("art-" + layer.replace("/", "_"))
@@ -255,7 +260,7 @@ def worker_torch_front(spec: Dict[str, Any]) -> Dict[str, Any]:
     from . import torch_baseline as tb
 
     tb.set_threads(spec["threads"])
-    res = tb.front_latency(_weights(), spec["layer"], _frames(max(spec["batches"])), spec["iters"], spec["warmup"],
+    res = tb.front_latency(_weights(spec), spec["layer"], _frames(max(spec["batches"])), spec["iters"], spec["warmup"],
                            spec["batches"], spec["repeats"])
     res["peak_rss_mb"] = core.peak_rss_mb()
     return res
@@ -267,7 +272,7 @@ def worker_torch_batch(spec: Dict[str, Any]) -> Dict[str, Any]:
     rss0 = core.rss_mb()
     tb.set_threads(spec["threads"])
     frames, labels = data.new_frames(spec["n_new"])
-    res = tb.incremental_batch(_weights(), spec["layer"], CLASSES, frames, labels, spec["memory"], spec["epochs"],
+    res = tb.incremental_batch(_weights(spec), spec["layer"], CLASSES, frames, labels, spec["memory"], spec["epochs"],
                                spec["step_repeats"], variant=spec["variant"], method=method_for(spec["layer"]),
                                seed=SEED)
     res["rss_after_imports_mb"] = rss0

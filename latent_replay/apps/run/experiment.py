@@ -88,7 +88,7 @@ def ensure_artifacts(opts: RunOptions, spec: ArtifactSpec, out: Path):
 
     directory, manifest = plan_artifacts(opts, spec, out)
     if manifest is None:
-        manifest = export_for(directory, spec, opts.weights, opts.seed, opts.preprocessing)
+        manifest = export_for(directory, spec, opts.weights, opts.seed, opts.preprocessing, width=opts.width)
     return directory, manifest
 
 

@@ -63,6 +63,7 @@ class RunOptions:
     weights: str = "random"
     preprocessing: Optional[str] = None
     seed: int = 0
+    width: Optional[float] = None
 
     @property
     def synthetic(self) -> bool:
@@ -210,4 +211,4 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         synthetic_batches=args.synthetic_batches, synthetic_size=args.synthetic_size,
         synthetic_frames=args.synthetic_frames, synthetic_difficulty=args.synthetic_difficulty,
         save_every=args.save_every, max_batches=args.max_batches, quiet=args.quiet, weights=args.weights,
-        preprocessing=args.preprocessing, seed=args.seed)
+        preprocessing=args.preprocessing, seed=args.seed, width=args.width)

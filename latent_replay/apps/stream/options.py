@@ -43,6 +43,7 @@ class StreamOptions:
     weights: Optional[str] = None
     preprocessing: Optional[str] = None
     seed: int = 0
+    width: Optional[float] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamOptions":

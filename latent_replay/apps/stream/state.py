@@ -71,7 +71,8 @@ def resolve_artifacts(opts: StreamOptions, method: str, saved: Optional[Dict[str
         raise StreamError(f"{opts.state} holds a learner for {saved['meta']['latent_layer']} with "
                           f"{saved['meta']['classes']} classes but no matching artifacts; use another --state")
     opts.weights = opts.weights or default_weights()
-    return directory, export_for(directory, spec, opts.weights, opts.seed, opts.preprocessing, announce=True)
+    return directory, export_for(directory, spec, opts.weights, opts.seed, opts.preprocessing, announce=True,
+                                 width=opts.width)
 
 
 def make_config(opts: StreamOptions, method: str):
