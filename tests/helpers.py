@@ -11,12 +11,12 @@ from latent_replay.models.weights import ConvParams, MobileNetWeights, Preproces
 
 
 def make_weights(seed: int = 0, preprocessing: Preprocessing = TORCH_PREPROCESSING, classes: Optional[int] = None,
-                 input_size: int = net.DEFAULT_INPUT_SIZE) -> MobileNetWeights:
+                 input_size: int = net.DEFAULT_INPUT_SIZE, arch: net.Architecture = net.DEFAULT_ARCH) -> MobileNetWeights:
     """Random arrays with statistics that keep activations O(1) for O(1) inputs."""
     rng = np.random.default_rng(seed)
     convs: Dict[str, ConvParams] = {}
     scale_in = 1.0 / float(np.mean(preprocessing.std))
-    for layer in net.conv_layers(input_size):
+    for layer in net.conv_layers(input_size, arch):
         o, i, kh, kw = layer.weight_shape
         w = rng.standard_normal(layer.weight_shape).astype(np.float32) * np.sqrt(2.0 / (i * kh * kw))
         if layer.name == "conv1":
@@ -31,9 +31,9 @@ def make_weights(seed: int = 0, preprocessing: Preprocessing = TORCH_PREPROCESSI
         )
     head = None
     if classes:
-        head = (rng.standard_normal((classes, 1024)) * 0.05).astype(np.float32)
+        head = (rng.standard_normal((classes, net.features(arch))) * 0.05).astype(np.float32)
     return MobileNetWeights(convs=convs, preprocessing=preprocessing, source=f"test-random({seed})",
-                            head_weight=head)
+                            head_weight=head, arch=arch)
 
 
 def make_frames(n: int, seed: int = 0, size: int = net.DEFAULT_INPUT_SIZE) -> np.ndarray:

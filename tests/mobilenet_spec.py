@@ -93,31 +93,57 @@ class Layer:
     stride: int
     in_hw: int
     out_hw: int
+    same_padding: bool = False  # TF 'same' (Keras): the odd padding pixel after, else 1 on each side
+    relu6: bool = False  # Keras clips at 6
 
     @property
     def kernel(self) -> int:
         return 1 if self.kind == "sep" else 3
 
     @property
-    def padding(self) -> int:
-        return 0 if self.kind == "sep" else 1
+    def pads(self) -> Tuple[int, int]:
+        """(before, after) zero padding of H and W."""
+        if self.kind == "sep":
+            return 0, 0
+        if not self.same_padding:
+            return 1, 1
+        total = max((self.out_hw - 1) * self.stride + 3 - self.in_hw, 0)  # TF: out = ceil(in / stride)
+        return total // 2, total - total // 2
 
     @property
     def group(self) -> int:
         return self.in_channels if self.kind == "dw" else 1
 
+    @property
+    def weight_shape(self) -> Tuple[int, int, int, int]:
+        if not self.same_padding and self.out_channels == dict((r[0], r[3]) for r in SPEC)[self.name]:
+            return WEIGHT_SHAPES[self.name]  # typed out above for width 1.0
+        return (self.out_channels, self.in_channels // self.group, self.kernel, self.kernel)
+
 
 LAYERS: List[Layer] = [Layer(*row) for row in SPEC]
 
 
-def split(latent_layer: str) -> Tuple[List[Layer], List[Layer]]:
+def keras_layers(width: float, size: int = INPUT) -> List[Layer]:
+    """Keras's MobileNet (`int(filters * alpha)` channels, 'same' padding, ReLU6) at `size`, with the
+    Caffe names of SPEC's rows."""
+    out, channels, hw = [], 3, size
+    for name, kind, _, c, stride, _, _ in SPEC:
+        c = channels if kind == "dw" else int(c * width)
+        out_hw = -(-hw // stride)
+        out.append(Layer(name, kind, channels, c, stride, hw, out_hw, True, True))
+        channels, hw = c, out_hw
+    return out
+
+
+def split(latent_layer: str, layers: List[Layer] = LAYERS) -> Tuple[List[Layer], List[Layer]]:
     """Layers up to and including the latent layer (the front) and after it (the back)."""
     if latent_layer == "data":
-        return [], list(LAYERS)
+        return [], list(layers)
     if latent_layer == "pool6":
-        return list(LAYERS), []
-    names = [layer.name for layer in LAYERS]
+        return list(layers), []
+    names = [layer.name for layer in layers]
     if latent_layer not in names or not latent_layer.endswith("/dw"):
         raise ValueError(f"not a latent layer: {latent_layer}")
     k = names.index(latent_layer) + 1
-    return LAYERS[:k], LAYERS[k:]
+    return layers[:k], layers[k:]

@@ -164,3 +164,51 @@ def test_fetch_command_exit_codes(server, tmp_path, capsys):
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert err.startswith("latent-replay fetch: error: ") and err.count("\n") == 1 and "404" in err
+
+
+# -- Keras's published MobileNet family -------------------------------------------------------
+
+
+def test_keras_names_follow_keras_applications():
+    """keras:WIDTH_SIZE[_no_top] -> keras.applications' file names and URL (alpha_text 1_0/7_5/5_0/2_5)."""
+    base = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+    assert fetch.known_weights("keras:1.0_128").url == base + "mobilenet_1_0_128_tf.h5"
+    assert fetch.known_weights("keras:0.75_224_no_top").url == base + "mobilenet_7_5_224_tf_no_top.h5"
+    assert fetch.known_weights("keras:0.5_160").filename == "mobilenet_5_0_160_tf.h5"
+    assert fetch.known_weights("keras:0.25_192").width == 0.25
+    for bad in ("keras:0.3_128", "keras:1.0_100", "keras:1.0"):
+        with pytest.raises(WeightsError, match="keras:WIDTH_SIZE|Keras publishes MobileNet at widths"):
+            fetch.known_weights(bad)
+
+
+@pytest.fixture()
+def keras_server(server, tmp_path_factory):
+    import keras_files as kf
+
+    folder = tmp_path_factory.mktemp("keras")
+    _Handler.files["/mobilenet_5_0_128_tf.h5"] = kf.write_h5(folder / "a.h5", kf.random_arrays(0.5)).read_bytes()
+    _Handler.files["/wide.h5"] = kf.write_h5(folder / "b.h5", kf.random_arrays(1.0)).read_bytes()
+    return server
+
+
+def test_fetch_keras_weights_and_use_them(keras_server, tmp_path, monkeypatch, capsys):
+    """`fetch weights keras:0.5_128` downloads (resumably, with the progress bar of every download),
+    checks that the file is a width-0.5 MobileNet with its top, and `--weights keras:0.5_128` then
+    loads it from the cache."""
+    from latent_replay.cli import main
+
+    url = keras_server + "/mobilenet_5_0_128_tf.h5"
+    assert main(["fetch", "weights", "keras:0.5_128", "--url", url, "--cache-dir", str(tmp_path), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("mobilenet_5_0_128_tf.h5")
+    monkeypatch.setenv("LATENT_REPLAY_CACHE", str(tmp_path))
+    weights = load_weights("keras:0.5_128")
+    assert weights.arch.width == 0.5 and weights.head_weight.shape == (1000, 512)
+
+
+def test_fetched_keras_file_of_another_width_is_deleted(keras_server, tmp_path, capsys):
+    from latent_replay.cli import main
+
+    assert main(["fetch", "weights", "keras:0.5_128", "--url", keras_server + "/wide.h5", "--cache-dir",
+                 str(tmp_path), "--quiet"]) == 2
+    assert "width-1 MobileNet, not 0.5" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []

@@ -6,7 +6,7 @@ The network's geometry (layer order, strides, groups, paddings) comes from the h
 entry there shows as a mismatch instead of being copied into the reference."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -28,21 +28,28 @@ def preprocess(frames: np.ndarray, weights: MobileNetWeights) -> torch.Tensor:
 
 
 def conv(layer: spec.Layer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    assert tuple(w.shape) == spec.WEIGHT_SHAPES[layer.name], (layer.name, tuple(w.shape))
-    return F.conv2d(x, w, stride=layer.stride, padding=layer.padding, groups=layer.group)
+    """The layer's convolution with explicit zero padding (TF 'same' pads the odd pixel after)."""
+    assert tuple(w.shape) == layer.weight_shape, (layer.name, tuple(w.shape))
+    before, after = layer.pads
+    return F.conv2d(F.pad(x, (before, after, before, after)), w, stride=layer.stride, groups=layer.group)
 
 
-def front(weights: MobileNetWeights, frames: np.ndarray, latent_layer: str) -> np.ndarray:
-    """Reference front: BN in eval mode (running statistics), ReLU, up to the latent layer."""
+def activation(layer: spec.Layer, y: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(y, 0.0, 6.0) if layer.relu6 else F.relu(y)
+
+
+def front(weights: MobileNetWeights, frames: np.ndarray, latent_layer: str,
+          geometry: List[spec.Layer] = spec.LAYERS) -> np.ndarray:
+    """Reference front: BN in eval mode (running statistics), ReLU (or ReLU6), up to the latent layer."""
     x = preprocess(frames, weights).double()
-    layers, _ = spec.split(latent_layer)
+    layers, _ = spec.split(latent_layer, geometry)
     for layer in layers:
         p = weights.convs[layer.name]
         x = conv(layer, x, torch.from_numpy(p.weight).double())
         x = F.batch_norm(x, torch.from_numpy(p.mean).double(), torch.from_numpy(p.var).double(),
                          torch.from_numpy(p.gamma).double(), torch.from_numpy(p.beta).double(),
                          training=False, eps=p.eps)
-        x = F.relu(x)
+        x = activation(layer, x)
     if latent_layer == POOL:
         x = x.mean((2, 3))
     return x.numpy()
@@ -52,9 +59,10 @@ class TorchBack(torch.nn.Module):
     """The trainable back: conv -> BRN (train) / running-stat normalization (eval) -> scale/shift -> ReLU,
     global average pool, mid_fc7 without bias. r and d are detached, as Batch Renormalization requires."""
 
-    def __init__(self, arrays: Dict[str, np.ndarray], latent_layer: str) -> None:
+    def __init__(self, arrays: Dict[str, np.ndarray], latent_layer: str,
+                 geometry: List[spec.Layer] = spec.LAYERS) -> None:
         super().__init__()
-        _, self.layers = spec.split(latent_layer)
+        _, self.layers = spec.split(latent_layer, geometry)
         self.latent_layer = latent_layer
         self.params = torch.nn.ParameterDict()
         self.stats: Dict[str, torch.Tensor] = {}
@@ -72,7 +80,8 @@ class TorchBack(torch.nn.Module):
     def forward(self, x: torch.Tensor, train: bool, r_max: float = 1.0, d_max: float = 0.0,
                 masks: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """`masks` (layer -> 0/1 tensor, NCHW) replaces each ReLU's own mask: the same units pass as
-        in the implementation under test, so that a value within rounding of 0 cannot flip."""
+        in the implementation under test, so that a value within rounding of 0 cannot flip. For ReLU6
+        a mask is a pair (passed, clipped at 6): out = y * passed + 6 * clipped."""
         for layer in self.layers:
             n = layer.name
             y = conv(layer, x, self.p(f"{n}/weight"))
@@ -89,7 +98,13 @@ class TorchBack(torch.nn.Module):
             else:
                 y = (y - mu) / sigma
             y = y * self.p(f"{n}/gamma").view(1, -1, 1, 1) + self.p(f"{n}/beta").view(1, -1, 1, 1)
-            x = F.relu(y) if masks is None else y * masks[n]
+            if masks is None:
+                x = activation(layer, y)
+            elif layer.relu6:
+                passed, clipped = masks[n]
+                x = y * passed + 6.0 * clipped
+            else:
+                x = y * masks[n]
         if self.latent_layer != POOL:
             x = x.mean((2, 3))
         return x @ self.p(f"{HEAD}/weight").t()
