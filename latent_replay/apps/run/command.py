@@ -29,7 +29,9 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("method_pos", nargs="?", metavar="METHOD", help=f"{', '.join(spellings())} (default AR1F)")
     p.add_argument("scenario_pos", nargs="?", metavar="SCENARIO", help="NICv2 scenario: 79, 196 or 391 (default)")
     p.add_argument("replay_pos", nargs="?", metavar="REPLAY", help="no, pure or latent (default)")
-    p.add_argument("core50_pos", nargs="?", metavar="CORE50", help="folder with core50_128x128/ (omit: synthetic)")
+    p.add_argument("core50_pos", nargs="?", metavar="CORE50",
+                   help="folder with core50_128x128/, or folder:DIR for your own images (DIR/CLASS/*.jpg or "
+                        "DIR/CLASS/SESSION/*.jpg); omit: the synthetic stream")
     p.add_argument("--method", help="same as METHOD")
     p.add_argument("--scenario", type=int, help="same as SCENARIO")
     p.add_argument("--replay", help="same as REPLAY")
@@ -57,6 +59,14 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
                    help="CORe50 test set: every 20th frame (reference, default) or all 44,972")
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and count) unreadable CORe50 images")
     p.add_argument("--filelists", help="folder with NICv2 filelists (default: the ones shipped with the package)")
+    p.add_argument("--first-classes", type=int, default=None,
+                   help="folder stream: classes in batch 0, their first session (default 10, as NICv2)")
+    p.add_argument("--per-batch", type=int, default=None,
+                   help="folder stream: images per batch (default: one class-session per batch, as NICv2)")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="folder stream without DIR/test/: held-out share of every class-session (default 0.2)")
+    p.add_argument("--input-size", type=int, default=128,
+                   help="folder stream: square side the images are cropped and resized to (default 128)")
     p.add_argument("--artifacts", help="reuse exported artifacts instead of exporting into OUT/artifacts")
     p.add_argument("--classes", type=int, default=None, help="output classes when exporting (default: the stream's)")
     p.add_argument("--out", default=None,
@@ -118,9 +128,10 @@ def _run_all(opts: RunOptions, out: Path, prepared: list, saved) -> int:
         done.update({r["run"]: r for r in runs})
         write_json_atomic(results_path, _results(opts, list(done.values()), complete=False))
     write_json_atomic(results_path, _results(opts, runs, complete=all(r["complete"] for r in runs)))
-    reference = PAPER_REFERENCE.get((opts.method, opts.scenario, opts.replay)) if not opts.synthetic else None
-    title = (f"{opts.method} / {'synthetic stream' if opts.synthetic else 'NICv2-%d' % opts.scenario} / "
-             f"{opts.replay} replay at {opts.latent_layer}, M={opts.replay_memory}")
+    reference = PAPER_REFERENCE.get((opts.method, opts.scenario, opts.replay)) if opts.core50 else None
+    stream = ("synthetic stream" if opts.synthetic else f"images of {opts.folder}" if opts.folder
+              else "NICv2-%d" % opts.scenario)
+    title = f"{opts.method} / {stream} / {opts.replay} replay at {opts.latent_layer}, M={opts.replay_memory}"
     plot_accuracy(out / "accuracy.png", runs, title, reference)
     named = {tuple(r.get("class_names") or ()) for r in runs}  # synthetic runs draw other objects per seed
     names = list(named.pop()) if len(named) == 1 else None
@@ -149,10 +160,11 @@ def _results(opts: RunOptions, runs: List[dict], complete: bool) -> dict:
 
     return {
         "complete": complete,
-        "method": opts.method, "scenario": opts.scenario if opts.core50 else "synthetic",
+        "method": opts.method, "scenario": opts.scenario if opts.core50 else opts.scenario_label,
         "replay": opts.replay, "latent_layer": opts.latent_layer, "replay_memory": opts.replay_memory,
         "preset": opts.preset, "storage": opts.storage, "device": opts.device, "engine": opts.engine,
         "weights": opts.weights, "test_set": opts.test_set, "core50": str(opts.core50) if opts.core50 else None,
+        "folder": str(opts.folder) if opts.folder else None,
         "runs": [run_entry(r) for r in sorted(runs, key=lambda r: r["run"])], "summary": summarize(runs),
         "versions": _versions(),
     }

@@ -50,8 +50,11 @@ class Saved:
 
 
 def make_scenario(opts: RunOptions, run: int):
-    from ...runtime.sources import Core50Scenario, SyntheticScenario
+    from ...runtime.sources import Core50Scenario, FolderScenario, SyntheticScenario
 
+    if opts.folder is not None:  # the run orders the batches; every run is tested on the same held-out images
+        return FolderScenario(opts.folder, opts.first_classes, opts.per_batch, opts.test_fraction, seed=opts.seed + run,
+                              split_seed=opts.seed, input_size=opts.input_size, skip_bad_images=opts.skip_bad_images)
     if opts.synthetic:
         try:
             return SyntheticScenario(n_batches=opts.synthetic_batches, seed=opts.seed + run,
@@ -152,8 +155,9 @@ def check_existing(opts: RunOptions, out: Path, prepared: List[Prepared]) -> Non
         return
     again = "use --fresh to start over there, or another --out"
     previous = load_results(out / "results.json") or {}
-    mine = {"method": opts.method, "scenario": opts.scenario if opts.core50 else "synthetic", "replay": opts.replay,
-            "latent_layer": opts.latent_layer, "replay_memory": opts.replay_memory}
+    mine = {"method": opts.method, "scenario": opts.scenario if opts.core50 else opts.scenario_label,
+            "replay": opts.replay, "latent_layer": opts.latent_layer, "replay_memory": opts.replay_memory,
+            "weights": opts.weights}
     other = [f"{k.replace('_', ' ')} {previous[k]}, not {mine[k]}" for k in mine
              if k in previous and previous[k] != mine[k]]
     if other:
@@ -257,7 +261,7 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
     return {"run": run, "batches": records, "complete": len(records) == scenario.n_batches,
             "scenario": scenario.name, "n_batches": scenario.n_batches, "test_size": test.size,
             "config": config.to_dict(), "artifacts": str(artifacts), "engine": learner.back.name,
-            "class_names": class_names}
+            "class_names": class_names, "plan": scenario.describe() if hasattr(scenario, "describe") else None}
 
 
 def output_names(scenario_names: List[str], outputs: int) -> List[str]:

@@ -22,6 +22,8 @@ SYNTHETIC_MEMORY = 300
 SYNTHETIC_SIZE = 64
 SYNTHETIC_DIFFICULTY = 0.1
 SYNTHETIC_SETTINGS = LearnerConfig.small_stream_settings(0.01)  # see that method for why
+FOLDER_PREFIX = "folder:"
+FOLDER_SETTINGS: Dict[str, Dict[str, Any]] = {}  # per method: the settings a small real stream learns with
 
 
 class RunError(UserError):
@@ -64,14 +66,26 @@ class RunOptions:
     preprocessing: Optional[str] = None
     seed: int = 0
     width: Optional[float] = None
+    folder: Optional[Path] = None  # `folder:DIR`: the user's own image folder instead of CORe50
+    first_classes: Optional[int] = None
+    per_batch: Optional[int] = None
+    test_fraction: float = 0.2
+    input_size: int = 128
 
     @property
     def synthetic(self) -> bool:
-        return self.core50 is None
+        return self.core50 is None and self.folder is None
 
     @property
     def scenario_name(self) -> str:
+        if self.folder is not None:
+            return f"folder-{self.folder.resolve().name}"
         return "synthetic" if self.synthetic else str(self.scenario)
+
+    @property
+    def scenario_label(self) -> str:
+        """What results.json calls the stream: 79/196/391, "synthetic" or "folder"."""
+        return "folder" if self.folder is not None else ("synthetic" if self.synthetic else str(self.scenario))
 
     def default_out(self) -> Path:
         """Each experiment its own folder, so that one run never resumes or overwrites another:
@@ -84,6 +98,8 @@ class RunOptions:
                                       storage=self.storage, seed=seed)
         if self.synthetic:
             values.update(SYNTHETIC_SETTINGS)
+        elif self.folder is not None:
+            values.update(FOLDER_SETTINGS.get(self.method, {}))
         values.update(self.overrides)
         try:
             config = LearnerConfig.preset(self.preset, **values)
@@ -148,7 +164,9 @@ def sort_positionals(values: List[Optional[str]]) -> Dict[str, Optional[str]]:
     slots: Dict[str, Optional[str]] = {"method": None, "scenario": None, "replay": None, "core50": None}
     for value in (v for v in values if v is not None):
         low = value.lower()
-        if _is_method(low):
+        if low.startswith(FOLDER_PREFIX):
+            key = "core50"  # the data source: CORe50's folder or folder:DIR
+        elif _is_method(low):
             key = "method"
         elif value.isdigit():
             key = "scenario"
@@ -190,6 +208,14 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     if replay not in REPLAYS:
         raise RunError(f"replay must be no, pure or latent, not {replay!r}")
     core50 = _pick(pos["core50"], args.core50, "core50")
+    folder = None
+    if core50 and core50.startswith(FOLDER_PREFIX):
+        folder, core50 = Path(core50[len(FOLDER_PREFIX):]), None
+        if not str(folder) or str(folder) == ".":
+            raise RunError(f"{FOLDER_PREFIX}DIR needs the folder, e.g. {FOLDER_PREFIX}/data/my_objects")
+    if folder is None and (args.first_classes is not None or args.per_batch is not None
+                           or args.test_fraction is not None):
+        raise RunError("--first-classes, --per-batch and --test-fraction plan a folder stream: give folder:DIR")
     latent_layer = args.latent_layer or method_named(method).latent_layer or (
         net.DATA if replay == "pure" else net.DEFAULT_LATENT_LAYER)
     try:
@@ -211,4 +237,6 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         synthetic_batches=args.synthetic_batches, synthetic_size=args.synthetic_size,
         synthetic_frames=args.synthetic_frames, synthetic_difficulty=args.synthetic_difficulty,
         save_every=args.save_every, max_batches=args.max_batches, quiet=args.quiet, weights=args.weights,
-        preprocessing=args.preprocessing, seed=args.seed, width=args.width)
+        preprocessing=args.preprocessing, seed=args.seed, width=args.width, folder=folder,
+        first_classes=args.first_classes, per_batch=args.per_batch,
+        test_fraction=0.2 if args.test_fraction is None else args.test_fraction, input_size=args.input_size)

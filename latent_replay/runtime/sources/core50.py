@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
-import cv2
 import numpy as np
 
 from .base import FrameBatch, Scenario, SourceError
-from .video import quiet_opencv_logs
+from .images import Entry, ImageFiles
 
 SCENARIOS = (391, 196, 79)
 TEST_SETS = ("reduced", "full")
@@ -32,7 +30,6 @@ _CATEGORIES = ("plug_adapter", "mobile_phone", "scissor", "light_bulb", "can", "
 # Object names of core50_class_names.txt: label = 5 * category + instance.
 CLASS_NAMES: List[str] = [f"{c}{k}" for c in _CATEGORIES for k in range(1, 6)]
 
-Entry = Tuple[str, int]  # (path relative to core50_128x128/, label)
 
 
 @dataclass(frozen=True)
@@ -103,13 +100,6 @@ def load_filelists(source: str, scenario: int, run: int) -> Filelists:
                      _parse(reduced, f"{src}:test_filelist_20.txt") if reduced is not None else ())
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[:2] == (size, size):
-        return img
-    shrink = img.shape[0] > size or img.shape[1] > size
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
 class Core50Scenario(Scenario):
     """CORe50 NICv2-`scenario`, run `run`: training batches in the official order and a test set."""
 
@@ -131,9 +121,7 @@ class Core50Scenario(Scenario):
         self.name = f"core50-nicv2-{scenario}-run{run}"
         self.num_classes = NUM_CLASSES
         self.input_size = int(input_size)
-        self.skip_bad_images = skip_bad_images
-        self.workers = max(1, int(workers))
-        self.bad_images = 0
+        self.images = ImageFiles(root, self.input_size, workers, skip_bad_images, "CORe50 image")
         self.lists = load_filelists(str(Path(filelists or SHIPPED_FILELISTS).resolve()), scenario, run)
         test = self.lists.test_reduced if test_set == "reduced" else self.lists.test_full
         if not test:
@@ -172,32 +160,13 @@ class Core50Scenario(Scenario):
     def test_size(self) -> int:
         return len(self._test)
 
-    def _read(self, rel: str) -> Optional[np.ndarray]:
-        path = self.root / rel
-        if not path.is_file():  # OpenCV would print a warning of its own for each
-            return None
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return None if img is None else _resize(img, self.input_size)
+    @property
+    def bad_images(self) -> int:
+        return self.images.bad_images
 
     def _decode(self, entries: Tuple[Entry, ...], name: str) -> FrameBatch:
         self.check_images()
-        quiet_opencv_logs()  # a corrupt image is reported by us, once, with its path
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as ex:
-            images = list(ex.map(self._read, [p for p, _ in entries]))
-        keep: List[int] = []
-        for k, img in enumerate(images):
-            if img is not None:
-                keep.append(k)
-                continue
-            path = self.root / entries[k][0]
-            why = "is missing" if not path.is_file() else "is corrupt or not an image"
-            if not self.skip_bad_images:
-                raise SourceError(f"CORe50 image {path} {why} (pass --skip-bad-images to skip and count such images)")
-            self.bad_images += 1
-        s = self.input_size
-        frames = np.stack([images[k] for k in keep]) if keep else np.zeros((0, s, s, 3), np.uint8)
-        labels = np.array([entries[k][1] for k in keep], dtype=np.int64)
-        return FrameBatch(frames, labels, name, [entries[k][0] for k in keep])
+        return self.images.decode(entries, name)
 
     def load_batch(self, i: int) -> FrameBatch:
         return self._decode(self.lists.batches[self._check_index(i)], f"{self.name}/batch{i:03d}")

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .base import FrameBatch, Scenario, SourceError
+from .plan import nicv2_plan
 
 SHAPES = ("circle", "square", "triangle", "star", "ellipse", "cross")
 TEXTURES = ("plain", "striped", "dotted", "checkered", "ringed")
@@ -100,8 +101,9 @@ class SyntheticScenario(Scenario):
             raise SourceError(f"difficulty must be in [0, 1], got {difficulty}")
         if input_size < 16:
             raise SourceError(f"input_size {input_size} is too small (at least 16)")
-        pairs = [(c, s) for s in range(train_sessions) for c in range(classes)
-                 if not (s == 0 and c < first_classes)]
+        first = [(c, 0) for c in range(first_classes)]
+        plan = nicv2_plan([(c, s) for s in range(train_sessions) for c in range(classes)], first, seed)
+        pairs = [unit for batch in plan[1:] for unit in batch]
         n_batches = len(pairs) + 1 if n_batches is None else int(n_batches)
         if not 1 <= n_batches <= len(pairs) + 1:
             raise SourceError(f"n_batches must be 1..{len(pairs) + 1} for {classes} classes and "
@@ -114,9 +116,8 @@ class SyntheticScenario(Scenario):
         # still separate the objects across sessions.
         self.difficulty = float(difficulty)
         self.name = f"synthetic-{classes}c-{n_batches}b-seed{seed}"
-        order = np.random.default_rng([seed, 3]).permutation(len(pairs))
         # Every training pair is used when n_batches allows; otherwise a prefix of the seeded order.
-        self._later = [pairs[k] for k in order[: n_batches - 1]]
+        self._later = pairs[: n_batches - 1]
         self._objects = [self._make_object(c) for c in range(classes)]
         self._sessions = [self._make_session(s) for s in range(train_sessions + test_sessions)]
         self._noise = np.random.default_rng([seed, 4]).standard_normal(
