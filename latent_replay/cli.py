@@ -29,6 +29,8 @@ def _user_errors() -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `latent-replay` parser: `--version` and one subcommand per job."""
+    from . import __version__
     from .apps.artifacts import add_export_command, add_fetch_command, add_layers_command
     from .apps.bench.command import add_bench_command
     from .apps.export_model import add_export_model_command
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="latent-replay",
         description="Continual learning on the edge: Latent Replay with CWR*, AR1* and AR1*-free on an "
                     "ImageNet-pretrained MobileNetV1, trained on the device by any ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"latent-replay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for adder in [add_layers_command, add_export_command, add_predict_command, add_fetch_command, add_run_command,
                   add_export_model_command, add_stream_command, add_bench_command]:

@@ -283,7 +283,10 @@ def benchmark(args: argparse.Namespace, log: Log = print) -> Dict[str, Any]:
     }
     import onnxruntime as ort
 
-    results["versions"] = {"onnxruntime": ort.__version__, "torch": torch_info if has_torch else None}
+    from ... import __version__
+
+    results["versions"] = {"latent_replay": __version__, "onnxruntime": ort.__version__,
+                           "torch": torch_info if has_torch else None}
     with tempfile.TemporaryDirectory(prefix="lr-bench-") as tmp:
         tmp_path = Path(tmp)
         artifacts = _export_step(args.layer_list, tmp_path)
