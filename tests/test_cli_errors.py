@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from latent_replay.cli import build_parser, main
@@ -80,6 +81,30 @@ def test_bench_bad_layers_in_a_real_process_exits_2(tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.check_arguments(build_parser().parse_args(["bench", "--layers", "foo"]))
     assert isinstance(e.value.code, str) and "unknown latent layer foo" in e.value.code
+
+
+# -- --device cuda on an onnxruntime without the CUDA provider ---------------------------------------------
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime has the CUDA provider")
+@pytest.mark.parametrize("command", ["run", "stream", "predict", "bench"])
+def test_device_cuda_without_the_cuda_provider(template, tmp_path, capsys, monkeypatch, command):
+    """The engines' own check, asked before anything is written: no export into --out/--state, no traceback."""
+    from latent_replay.apps.bench import command as bench
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench, "benchmark", must_not_run)
+    written = tmp_path / "written"
+    argv = {"run": CWR + ["--out", str(written)],
+            "stream": ["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+                       "--state", str(written)],
+            "predict": ["predict", "--state", str(template)],
+            "bench": ["bench", "--quick", "--out", str(written)]}[command]
+    assert main(argv + ["--device", "cuda"]) == 2
+    line = only_line(capsys.readouterr().err, command)
+    assert "no CUDA execution provider" in line and "onnxruntime-gpu" in line and "--device cpu" in line, line
+    assert not written.exists()
 
 
 # -- stream sources that deliver nothing ----------------------------------------------------------------
@@ -183,6 +208,9 @@ def test_a_reversed_runs_range(tmp_path, capsys):
     (["--set", "epochs=0"], ("epochs must be at least 1",)),
     (["--latent-layer", "conv5_4/dw"], ("CWR* trains only the output layer",)),
     (["--core50", "/nonexistent/core50"], ("/nonexistent/core50",)),
+    (["--max-batches", "0"], ("--max-batches must be at least 1, got 0",)),
+    (["--max-batches", "-1"], ("--max-batches must be at least 1, got -1",)),
+    (["--threads", "-1"], ("--threads must be at least 0, got -1",)),
 ])
 def test_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
     """No 13 MB export and no empty --out left behind: all of it is checked before anything is written."""
@@ -199,6 +227,8 @@ def test_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
     (["--method", "cwr", "--latent-layer", "conv5_4/dw"], ("CWR* trains only the output layer",)),
     (["--lr", "-1"], ("must be >= 0",)),
     (["--latent-layer", "conv9/dw"], ("valid latent layers",)),
+    (["--threads", "-1"], ("--threads must be at least 0, got -1",)),
+    (["--train-threads", "-1"], ("--train-threads must be at least 0, got -1",)),
 ])
 def test_stream_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
     state = tmp_path / "state"

@@ -3,11 +3,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Optional
 
 
 class UserError(ValueError):
     """A user-facing failure: printed as one line by the `latent-replay` command, exit code 2."""
+
+
+def check_at_least(value: Optional[int], minimum: int, option: str) -> None:
+    """Refuse a count below `minimum` (UserError naming `option`); None (not given) passes."""
+    if value is not None and value < minimum:
+        raise UserError(f"{option} must be at least {minimum}, got {value}")
+
+
+def check_device(device: str) -> str:
+    """The device the engines will open for --device `device` ('auto' resolved), asked before anything is
+    written: the engines' own check (`available_device`), its refusal of a CUDA device this onnxruntime
+    lacks turned into a UserError."""
+    from ..runtime.engine.session import available_device
+
+    try:
+        return available_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(str(e)) from None
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:

@@ -67,13 +67,10 @@ def _session(model: Any, device: str):
     """An InferenceSession on `model` (a path or serialized bytes) for --device."""
     import onnxruntime as ort
 
-    from ..runtime.engine.session import available_device, providers_for
+    from ..runtime.engine.session import providers_for
+    from .common import check_device
 
-    try:
-        providers = providers_for(available_device(device))
-    except (RuntimeError, ValueError) as e:
-        raise UserError(str(e)) from None
-    return ort.InferenceSession(model, providers=providers)
+    return ort.InferenceSession(model, providers=providers_for(check_device(device)))
 
 
 class Loaded:

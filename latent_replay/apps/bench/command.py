@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ...models import mobilenet_v1 as net
-from ..common import UserError
+from ..common import UserError, check_device
 from . import probes as core
 from .report import COMPARE_ROWS, derive, table
 from .workers import BACK_TRAIN_FACTOR, CLASSES, FULL, QUICK, SEED, package_env, run_worker
@@ -118,12 +118,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.thread_counts = parse_threads(args.threads)
     if args.rounds is not None and args.rounds < 1:
         raise _argument_error(f"--rounds must be >= 1, got {args.rounds}")
-    if args.device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise _argument_error("--device cuda needs the CUDA build of onnxruntime (onnxruntime-gpu: "
-                                  "pip install .[gpu]); use --device cpu")
+    try:
+        check_device(args.device)
+    except UserError as e:
+        raise _argument_error(str(e)) from None
     args.training = training_python(getattr(args, "training_python", None))
     args.checked = True
 

@@ -12,7 +12,7 @@ import numpy as np
 from ...export.manifest import ENGINES
 from ...runtime.learn.config import PRESETS
 from ...runtime.learn.methods import spellings
-from ..common import add_weights_arguments
+from ..common import add_weights_arguments, check_device
 from .options import SYNTHETIC_DIFFICULTY, SYNTHETIC_MEMORY, SYNTHETIC_SETTINGS, SYNTHETIC_SIZE, RunOptions, \
     options_from_args
 
@@ -86,6 +86,7 @@ def run_command(args: argparse.Namespace) -> int:
     from .experiment import Saved, check_existing, prepare
 
     opts = options_from_args(args)
+    check_device(opts.device)
     out = opts.out or opts.default_out()
     prepared = prepare(opts, out)  # every check that needs no write, before the first write
     if opts.synthetic:

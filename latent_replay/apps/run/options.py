@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from ...models import mobilenet_v1 as net
 from ...runtime.learn import LearnerConfig
 from ...runtime.learn.methods import method as method_named, spellings
-from ..common import UserError
+from ..common import UserError, check_at_least
 
 SCENARIOS = (79, 196, 391)
 REPLAYS = ("no", "pure", "latent")
@@ -198,8 +198,9 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     memory = args.replay_memory if args.replay_memory is not None else (1500 if core50 else SYNTHETIC_MEMORY)
     if memory <= 0:
         raise RunError(f"--replay-memory must be > 0, got {memory}")
-    if args.save_every < 1:
-        raise RunError(f"--save-every must be at least 1, got {args.save_every}")
+    for value, minimum, option in ((args.save_every, 1, "--save-every"), (args.max_batches, 1, "--max-batches"),
+                                   (args.threads, 0, "--threads")):
+        check_at_least(value, minimum, option)
     return RunOptions(
         method=method, scenario=scenario, replay=replay, core50=Path(core50) if core50 else None,
         latent_layer=latent_layer, replay_memory=memory, runs=parse_runs(args.runs),

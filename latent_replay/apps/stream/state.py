@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ...models import mobilenet_v1 as net
+from ..common import check_at_least, check_device
 from .common import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_REPLAY_SHUFFLE, STREAM_META, WINDOW, StreamError
 from .live import ClassBook
 from .options import StreamOptions
@@ -167,11 +168,10 @@ def _check_display(opts: StreamOptions) -> None:
 
 
 def _check_args(opts: StreamOptions) -> None:
-    for name in ("teach_frames", "smooth", "display_size"):
-        if getattr(opts, name) < 1:
-            raise StreamError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
-    if opts.classes is not None and opts.classes < 2:
-        raise StreamError(f"--classes must be at least 2, got {opts.classes}")
+    for name, minimum in (("teach_frames", 1), ("smooth", 1), ("display_size", 1), ("classes", 2), ("threads", 0),
+                          ("train_threads", 0)):
+        check_at_least(getattr(opts, name), minimum, f"--{name.replace('_', '-')}")
+    check_device(opts.device)
     if opts.schedule and not opts.headless:
         raise StreamError("--schedule drives the headless mode: add --headless")
     if opts.reconnect_seconds < 0 or opts.max_frames < 0:
