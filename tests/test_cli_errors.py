@@ -273,6 +273,58 @@ def test_resume_and_ctrl_c_say_where_the_run_stands(template, tmp_path, capsys, 
     assert json.loads((out / "results.json").read_text())["complete"]
 
 
+def test_a_run_stopped_by_max_batches_says_where_it_stopped(template, tmp_path, capsys, monkeypatch):
+    from latent_replay.apps.run import results
+
+    titles, plot = [], results.plot_accuracy
+
+    def plot_and_keep_title(path, runs, title, reference=None):
+        titles.append(title)
+        plot(path, runs, title, reference)
+
+    monkeypatch.setattr(results, "plot_accuracy", plot_and_keep_title)
+    out = tmp_path / "out"
+    args = CWR + ["--artifacts", str(template / "artifacts"), "--out", str(out)]
+    assert main(args + ["--max-batches", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped at batch 2 of 4 (--max-batches): the same command continues" in printed
+    assert "accuracy after 2 batches over 1 run(s)" in printed and "final accuracy" not in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["stopped"] == "stopped at batch 2 of 4" and not saved["complete"]
+    assert titles[-1].endswith("(stopped at batch 2 of 4)")
+    assert main(args) == 0  # the rest: nothing stopped any more
+    printed = capsys.readouterr().out
+    assert "stopped at" not in printed and "final accuracy over 1 run(s)" in printed
+    assert json.loads((out / "results.json").read_text())["stopped"] is None and "stopped" not in titles[-1]
+
+
+def test_ctrl_c_closes_the_progress_bar_before_saying_what_was_saved(template, tmp_path, capsys, monkeypatch):
+    """The message starts on a line of its own and the bar is not drawn again after it."""
+    import gc
+
+    from latent_replay.runtime import state as state_module
+
+    real_save, saves = state_module.save_state, []
+
+    def ctrl_c_at_second_save(state, directory):
+        saves.append(directory)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        real_save(state, directory)
+
+    monkeypatch.setattr(state_module, "save_state", ctrl_c_at_second_save)
+    out = tmp_path / "out"
+    args = [a for a in CWR if a != "--quiet"] + ["--artifacts", str(template / "artifacts"), "--out", str(out)]
+    assert main(args) == 130
+    gc.collect()  # a bar left open is drawn again when it is collected
+    err = capsys.readouterr().err
+    message = f"latent-replay run: interrupted: saved run 0 up to batch 1 of 4 in {out}"
+    assert message in err and "run 0:" in err, err  # the bar was shown
+    before, after = err.split(message)
+    assert before.endswith("\n"), repr(before[-80:])
+    assert after == "; the same command continues from there\n", repr(after)
+
+
 # -- export-model --state --------------------------------------------------------------------------
 def test_export_model_takes_a_stream_state_folder(tmp_path, capsys, template):
     state = tmp_path / "stream-state"
