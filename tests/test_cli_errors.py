@@ -334,15 +334,31 @@ def test_export_model_takes_a_stream_state_folder(tmp_path, capsys, template):
     assert main(["export-model", "--artifacts", str(state / "artifacts"), "--state", str(state),
                  "--out", str(model)]) == 0
     assert model.is_file()
+    assert f"state: {state / 'learner'} (the stream state {state})" in capsys.readouterr().err
+    assert main(["export-model", "--state", str(tmp_path / "nothing"), "--out", str(model)]) == 2
+    line = only_line(capsys.readouterr().err, "export-model")
+    assert "does not exist" in line and "the run folder OUT" in line
+
+
+def test_export_model_and_predict_take_a_run_folder_and_say_which_state(template, tmp_path, capsys):
+    """Both choose with the same function: a run folder's lowest run, said on stderr, as is a state given
+    directly; the model written from the folder is the one written from its run's state."""
+    run = copy_run(template, tmp_path / "run")
+    by_state, by_folder = tmp_path / "by-state.onnx", tmp_path / "by-folder.onnx"
+    state = run / "run0" / "state"
     capsys.readouterr()
-    run = copy_run(template, tmp_path / "run")  # a run folder instead of one of its states
-    assert main(["export-model", "--artifacts", str(run / "artifacts"), "--state", str(run), "--out",
-                 str(model)]) == 2
-    assert f"pass the state of one run, e.g. --state {run / 'run0' / 'state'}" in only_line(
-        capsys.readouterr().err, "export-model")
-    assert main(["export-model", "--artifacts", str(run / "artifacts"), "--state", str(tmp_path / "nothing"),
-                 "--out", str(model)]) == 2
-    assert "does not exist" in only_line(capsys.readouterr().err, "export-model")
+    assert main(["export-model", "--state", str(state), "--out", str(by_state)]) == 0
+    assert f"state: {state}\n" in capsys.readouterr().err
+    for command in (["export-model", "--out", str(by_folder)], ["predict"]):
+        assert main(command + ["--state", str(run)]) == 0
+        assert f"state: {state} (run 0, the only run in {run})" in capsys.readouterr().err
+    assert by_folder.read_bytes() == by_state.read_bytes()
+    copy_run(state, run / "run2" / "state")
+    copy_run(state, run / "run10" / "state")
+    for command in (["export-model", "--out", str(by_folder)], ["predict"]):
+        assert main(command + ["--state", str(run)]) == 0
+        assert (f"state: {state} (run 0 of runs 0, 2, 10 in {run}; --state {run / 'runN' / 'state'} for another)"
+                in capsys.readouterr().err)
 
 
 def test_license_file_matches_setup():
