@@ -30,9 +30,12 @@ def check_device(device: str) -> str:
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
     """--weights / --preprocessing / --seed, shared by every command that builds a network."""
+    from ..models.files import SUPPORTED
+
     p.add_argument("--weights", default="random",
-                   help="weights: 'random' (seeded, for smoke tests), a .caffemodel, .safetensors, .pth or "
-                        ".npz file, or a name fetched with `latent-replay fetch weights` ('caffe', 'timm')")
+                   help=f"weights: {SUPPORTED} (random: seeded, for smoke tests; .safetensors/.pth/.pt/.npz: a timm "
+                        f"or pytorchcv state dict, .npz its arrays saved with numpy), or a name fetched with "
+                        f"`latent-replay fetch weights` ('caffe', 'timm'); see the README's weights table")
     p.add_argument("--preprocessing", choices=["caffe", "imagenet"], default=None,
                    help="override the input preprocessing that travels with the weights")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
