@@ -211,6 +211,12 @@ def test_a_reversed_runs_range(tmp_path, capsys):
     (["--max-batches", "0"], ("--max-batches must be at least 1, got 0",)),
     (["--max-batches", "-1"], ("--max-batches must be at least 1, got -1",)),
     (["--threads", "-1"], ("--threads must be at least 0, got -1",)),
+    # the option the user typed, not the setting behind it
+    (["--synthetic-batches", "0"], ("--synthetic-batches must be 1..26", "got 0")),
+    (["--synthetic-size", "8"], ("--synthetic-size must be at least 16, got 8",)),
+    (["--set", "lr_first=-1"], ("--set lr_first=-1: lr_first must be >= 0",)),
+    (["--filelists", str(REPO / "latent_replay" / "data")], ("--filelists applies to CORe50 only",)),
+    (["--core50", str(REPO / "README.md")], ("CORe50 image folder", "README.md is not a folder")),
 ])
 def test_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
     """No 13 MB export and no empty --out left behind: all of it is checked before anything is written."""
@@ -225,7 +231,8 @@ def test_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
 
 @pytest.mark.parametrize("args, words", [
     (["--method", "cwr", "--latent-layer", "conv5_4/dw"], ("CWR* trains only the output layer",)),
-    (["--lr", "-1"], ("must be >= 0",)),
+    (["--lr", "-1"], ("--lr must be >= 0, got -1.0",)),
+    (["--epochs", "0"], ("--epochs must be at least 1, got 0",)),
     (["--latent-layer", "conv9/dw"], ("valid latent layers",)),
     (["--threads", "-1"], ("--threads must be at least 0, got -1",)),
     (["--train-threads", "-1"], ("--train-threads must be at least 0, got -1",)),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 
 class UserError(ValueError):
@@ -14,6 +14,15 @@ def check_at_least(value: Optional[int], minimum: int, option: str) -> None:
     """Refuse a count below `minimum` (UserError naming `option`); None (not given) passes."""
     if value is not None and value < minimum:
         raise UserError(f"{option} must be at least {minimum}, got {value}")
+
+
+def in_users_words(error: Exception, options: Mapping[str, str]) -> str:
+    """The message of `error` naming what the user typed: `options` maps a setting ('lr_first') to the
+    option that set it ('--lr'), for a SettingError of that setting; any other error keeps its message."""
+    setting = getattr(error, "setting", None)
+    if setting in options:
+        return f"{options[setting]} {getattr(error, 'problem')}"
+    return str(error)
 
 
 def check_device(device: str) -> str:

@@ -19,7 +19,8 @@ import numpy as np
 
 from ...runtime.learn import LearnerConfig
 from ...runtime.workspace import ArtifactSpec
-from .options import RunError, RunOptions
+from ..common import in_users_words
+from .options import SYNTHETIC_OPTIONS, RunError, RunOptions
 
 TEST_CACHE_LIMIT = 2 << 30  # test latents bigger than this are recomputed per evaluation
 RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json")  # what makes a folder a run folder
@@ -58,7 +59,7 @@ def make_scenario(opts: RunOptions, run: int):
                                      input_size=opts.synthetic_size, frames_per_batch=opts.synthetic_frames,
                                      difficulty=opts.synthetic_difficulty)
         except ValueError as e:
-            raise RunError(str(e)) from None
+            raise RunError(in_users_words(e, SYNTHETIC_OPTIONS)) from None
     scenario = Core50Scenario(opts.core50, scenario=opts.scenario, run=run, test_set=opts.test_set,
                               filelists=opts.filelists, skip_bad_images=opts.skip_bad_images)
     scenario.check_images()

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from ...models import mobilenet_v1 as net
 from ...runtime.learn import LearnerConfig
 from ...runtime.learn.methods import method as method_named, spellings
-from ..common import UserError, check_at_least
+from ..common import UserError, check_at_least, in_users_words
 
 SCENARIOS = (79, 196, 391)
 REPLAYS = ("no", "pure", "latent")
@@ -22,6 +22,9 @@ SYNTHETIC_MEMORY = 300
 SYNTHETIC_SIZE = 64
 SYNTHETIC_DIFFICULTY = 0.1
 SYNTHETIC_SETTINGS = LearnerConfig.small_stream_settings(0.01)  # see that method for why
+# The synthetic stream's parameters and the options that set them, for its errors (SettingError).
+SYNTHETIC_OPTIONS = {"n_batches": "--synthetic-batches", "input_size": "--synthetic-size",
+                     "frames_per_batch": "--synthetic-frames", "difficulty": "--synthetic-difficulty"}
 
 
 class RunError(UserError):
@@ -88,7 +91,8 @@ class RunOptions:
             config = LearnerConfig.preset(self.preset, **values)
             config.check_compatible(self.latent_layer)
         except (ValueError, TypeError) as e:
-            raise RunError(str(e)) from None
+            typed = {"replay_memory": "--replay-memory", **{k: f"--set {k}={v}: {k}" for k, v in self.overrides.items()}}
+            raise RunError(in_users_words(e, typed)) from None
         return config
 
 
@@ -189,6 +193,12 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     if replay not in REPLAYS:
         raise RunError(f"replay must be no, pure or latent, not {replay!r}")
     core50 = _pick(pos["core50"], args.core50, "core50")
+    core50_only = [option for option, given in (("--filelists", args.filelists),
+                                                ("--skip-bad-images", args.skip_bad_images)) if given]
+    if core50_only and not core50:
+        many = len(core50_only) > 1
+        raise RunError(f"{' and '.join(core50_only)} {'apply' if many else 'applies'} to CORe50 only: give the CORe50 "
+                       f"folder (CORE50 or --core50), or drop {'them' if many else 'it'} for the synthetic stream")
     latent_layer = args.latent_layer or method_named(method).latent_layer or (
         net.DATA if replay == "pure" else net.DEFAULT_LATENT_LAYER)
     try:

@@ -10,13 +10,16 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ...models import mobilenet_v1 as net
-from ..common import check_at_least, check_device
+from ..common import check_at_least, check_device, in_users_words
 from .common import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_REPLAY_SHUFFLE, STREAM_META, WINDOW, StreamError
 from .live import ClassBook
 from .options import StreamOptions
 from .schedule import Schedule
 
 STATE_MARKERS = ("learner", ".learner.previous", "artifacts/manifest.json")  # what makes a folder a --state
+# The learner settings the demo's options set, for their errors (SettingError).
+TYPED = {"lr_first": "--lr", "lr_later": "--lr", "epochs_first": "--epochs", "epochs": "--epochs",
+         "replay_memory": "--replay-memory"}
 
 
 def default_weights() -> str:
@@ -85,7 +88,7 @@ def make_config(opts: StreamOptions, method: str):
                                     replay_memory=opts.replay_memory, seed=opts.seed,
                                     replay_shuffle=DEFAULT_REPLAY_SHUFFLE, **LearnerConfig.small_stream_settings(lr))
     except ValueError as e:
-        raise StreamError(str(e)) from None
+        raise StreamError(in_users_words(e, TYPED)) from None
 
 
 def build_learner(opts: StreamOptions, artifacts: Path, manifest: Any, saved: Optional[Dict[str, Any]]):
