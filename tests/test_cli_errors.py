@@ -146,6 +146,32 @@ def test_stream_source_that_delivers_no_frame(tmp_path, capsys, monkeypatch):
     assert not state.exists()
 
 
+def test_a_file_that_is_not_a_video_gives_our_line_only(tmp_path):
+    """FFmpeg's own 'moov atom not found' stays out of the terminal: in a fresh process, as a user runs it
+    (FFmpeg's log level is set once per process), for a text file named .mp4 and a cut-off real video."""
+    import os
+    import subprocess
+    import sys
+
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("a text file, not a video\n")
+    clip, cut = tmp_path / "clip.mp4", tmp_path / "cut.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    for k in range(20):
+        writer.write(np.full((64, 64, 3), 10 * k, np.uint8))
+    writer.release()
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}  # as in a user's shell
+    for source in (notes, cut):
+        state = tmp_path / f"state-{source.stem}"
+        proc = subprocess.run([sys.executable, "-m", "latent_replay.cli", "stream", "--source", str(source),
+                               "--headless", "--weights", "random", "--state", str(state)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert f"cannot read video file {source}" in only_line(proc.stderr, "stream")
+        assert not state.exists()
+
+
 # -- CORe50 folders ---------------------------------------------------------------------------------
 def _fake_core50(tmp_path: Path, n: int = 3):
     """core50_128x128 with a few 40 px PNGs and NICv2-391 lists for run 0 (batch b holds object b)."""
