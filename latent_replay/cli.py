@@ -7,6 +7,7 @@ stderr and exit code 2 (see `main`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -51,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; its exit status (0, 2 for a user mistake, 130 after Ctrl-C, 1 when the reader of
+    its output went away)."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside main, not when the interpreter exits
+    except BrokenPipeError:
+        # The reader of stdout went away (`latent-replay layers | head`): stop quietly. Python's recipe:
+        # point stdout at devnull, so that flushing it at exit raises nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -83,6 +83,21 @@ def test_bench_bad_layers_in_a_real_process_exits_2(tmp_path):
     assert isinstance(e.value.code, str) and "unknown latent layer foo" in e.value.code
 
 
+# -- output into a closed pipe -------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["layers"], ["layers", "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv):
+    """`latent-replay layers | head`: no BrokenPipeError traceback (or 'Exception ignored') when the reader
+    has closed the pipe before the command writes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "latent_replay.cli"] + argv, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the interpreter has even started: every write finds the pipe closed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1 and err == "", err
+
+
 # -- --device cuda on an onnxruntime without the CUDA provider ---------------------------------------------
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
                     reason="this onnxruntime has the CUDA provider")
