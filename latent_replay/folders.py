@@ -55,6 +55,27 @@ def absolute(path: Union[str, "os.PathLike[str]"], option: str) -> Path:
         raise FolderError(f"{option} {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+def check_output_file(path: Union[str, "os.PathLike[str]"], option: str, shown: Optional[str] = None) -> None:
+    """Refuse (FolderError), before anything is written, an output file that could not be written at the
+    end: a folder, a file without write permission, or a place whose nearest existing folder cannot be
+    written (a read-only file system, no permission) or is a file. `shown`: what the user typed, when
+    `path` is a file inside it. Creates nothing."""
+    given = shown or Path(path)
+    target = absolute(path, option)
+    if target.is_dir():
+        raise FolderError(f"{option} {given} is a folder; give the file to write, e.g. {option} {target / 'out'}")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise FolderError(f"{option} {given} exists and cannot be written (no permission); choose another {option}")
+    folder = target.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FolderError(f"{option} {given}: {folder} is not a folder; choose another {option}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FolderError(f"{option} {given}: cannot write in {folder} (read-only or no permission); "
+                          f"choose another {option}")
+
+
 def refuse_current_folder(path: Path, option: str, shown: str, example: str) -> None:
     """A folder that is replaced as a whole must not be the working folder or one above it."""
     cwd = Path.cwd().resolve()

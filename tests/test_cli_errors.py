@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from latent_replay.cli import build_parser, main
-from safety_helpers import CWR, copy_run, only_line, template_run
+from safety_helpers import CWR, copy_run, in_read_only_folder, only_line, template_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,6 +120,47 @@ def test_device_cuda_without_the_cuda_provider(template, tmp_path, capsys, monke
     line = only_line(capsys.readouterr().err, command)
     assert "no CUDA execution provider" in line and "onnxruntime-gpu" in line and "--device cpu" in line, line
     assert not written.exists()
+
+
+# -- outputs that cannot be written are refused before anything runs -------------------------------------------
+def test_unwritable_outputs_are_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    from latent_replay.apps.bench import command as bench
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench, "benchmark", must_not_run)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    state = tmp_path / "state"
+    stream = ["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+              "--state", str(state)]
+    cases = [(["bench", "--quick", "--out", str(notes / "b")], "bench", f"--out {notes / 'b'}: {notes} is not a folder"),
+             (["bench", "--quick", "--json", str(tmp_path)], "bench", f"--json {tmp_path} is a folder"),
+             (stream + ["--log", str(tmp_path)], "stream", f"--log {tmp_path} is a folder"),
+             (stream + ["--record", str(notes / "demo.mp4")], "stream", f"{notes} is not a folder"),
+             (stream + ["--screenshot", str(notes / "x" / "shot.png")], "stream", f"{notes} is not a folder")]
+    for argv, command, words in cases:
+        assert main(argv) == 2, argv
+        assert words in only_line(capsys.readouterr().err, command), argv
+        assert not state.exists() and notes.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("case", ["bench", "stream --log", "stream --record"])
+def test_read_only_outputs_are_refused_before_anything_runs(tmp_path, case):
+    """In a fresh process with a really read-only folder: bench does not run its minutes of measurements
+    first, stream does not export into --state first."""
+    ro, state = tmp_path / "ro", tmp_path / "state"
+    argv = {"bench": ["bench", "--quick", "--out", str(ro / "b")],
+            "stream --log": ["stream", "--log", str(ro / "log.jsonl")],
+            "stream --record": ["stream", "--record", str(ro / "demo.mp4")]}[case]
+    if argv[0] == "stream":
+        argv += ["--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random", "--state", str(state)]
+    proc = in_read_only_folder(ro, argv)
+    assert proc.returncode == 2, proc.stderr
+    line = only_line(proc.stderr, argv[0])
+    assert f"cannot write in {ro} (read-only or no permission)" in line, line
+    assert not state.exists()
 
 
 # -- stream sources that deliver nothing ----------------------------------------------------------------

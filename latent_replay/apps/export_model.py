@@ -272,7 +272,10 @@ def add_export_model_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """--out must be a file to create, or an ONNX model to replace: never a folder or another file."""
+    """--out must be a file to create, or an ONNX model to replace: never a folder or another file; and
+    a place that can be written (checked before the model is built)."""
+    from ..folders import check_output_file
+
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the model file to write, e.g. --out {out / 'learned.onnx'}")
     if out.exists():
@@ -284,6 +287,7 @@ def _check_out(out: Path) -> None:
         if not ours:
             raise UserError(f"--out {out} exists and is not an ONNX model: refusing to overwrite it; "
                             f"choose another file name")
+    check_output_file(out, "--out")
 
 
 def export_model_command(args: argparse.Namespace) -> int:

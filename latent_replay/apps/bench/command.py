@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ...folders import FolderError, check_output_file
 from ...models import mobilenet_v1 as net
 from ..common import UserError, check_device
 from . import probes as core
@@ -108,6 +109,11 @@ def training_python(path: Optional[str]) -> Dict[str, Any]:
     return {"python": path, "onnxruntime": ort_version, "python_version": py_version}
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """Where the results JSON goes: --json, else OUT/bench_latency_memory.json."""
+    return Path(args.json) if args.json else Path(args.out) / "bench_latency_memory.json"
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument checked before anything runs: a mistake is one line and exit code 2."""
     if getattr(args, "checked", False):
@@ -118,6 +124,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.thread_counts = parse_threads(args.threads)
     if args.rounds is not None and args.rounds < 1:
         raise _argument_error(f"--rounds must be >= 1, got {args.rounds}")
+    try:  # the results are written at the end of a run of minutes: a place they cannot go is refused now
+        check_output_file(results_path(args), "--json" if args.json else "--out", args.json or args.out)
+    except FolderError as e:
+        raise _argument_error(str(e)) from None
     try:
         check_device(args.device)
     except UserError as e:
@@ -346,7 +356,7 @@ def command(args: argparse.Namespace) -> int:
     check_arguments(args)
     results = benchmark(args, log=lambda msg: print(msg, file=sys.stderr))
     print(table(results))
-    path = Path(args.json) if args.json else Path(args.out) / "bench_latency_memory.json"
+    path = results_path(args)
     write_json_atomic(path, results)
     print(f"\nwrote {path} ({results['wall_s']:.0f} s)")
     return 1 if results["derived"]["errors"] else 0

@@ -27,12 +27,15 @@ def stream_command(args: argparse.Namespace) -> int:
 
 def run_stream(opts: StreamOptions) -> int:
     """The whole session: checks, start-up, the live loop, and the saved state at the end."""
-    from ...folders import FolderLock, check_folder
+    from ...folders import FolderLock, check_folder, check_output_file
     from ...runtime.engine import Back, Front
     from ...runtime.state import check_replaceable
     from .teacher import Teacher
 
     _check_args(opts)
+    for option, path in (("--log", opts.log), ("--record", opts.record), ("--screenshot", opts.screenshot)):
+        if path:  # written during or after the session: a place they cannot go is refused before the export
+            check_output_file(path, option)
     schedule = load_schedule(opts.schedule) if opts.schedule else None
     from ..run.experiment import RUN_MARKERS
 
