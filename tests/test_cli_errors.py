@@ -228,6 +228,24 @@ def test_a_file_that_is_not_a_video_gives_our_line_only(tmp_path):
         assert not state.exists()
 
 
+def test_two_opencv_wheels_are_named_at_stream_start_with_the_fix(tmp_path, capsys, monkeypatch):
+    """`pip install opencv-python` on top of the package's opencv-python-headless: both share cv2."""
+    from importlib import metadata
+
+    site = tmp_path / "site"  # an installed opencv-python, as pip records it
+    info = site / "opencv_python-4.10.0.84.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: opencv-python\nVersion: 4.10.0.84\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert metadata.version("opencv-python") == "4.10.0.84" and metadata.version("opencv-python-headless")
+    assert main(["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+                 "--state", str(tmp_path / "state")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: opencv-python and opencv-python-headless are installed together and share the cv2 "
+                        "module; keep one: pip uninstall -y opencv-python opencv-python-headless && pip install "
+                        "opencv-python (the window; opencv-python-headless for --headless only)"]
+
+
 # -- CORe50 folders ---------------------------------------------------------------------------------
 def _fake_core50(tmp_path: Path, n: int = 3):
     """core50_128x128 with a few 40 px PNGs and NICv2-391 lists for run 0 (batch b holds object b)."""

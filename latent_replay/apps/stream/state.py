@@ -156,6 +156,29 @@ def _input_size(opts: StreamOptions) -> int:
         return net.DEFAULT_INPUT_SIZE
 
 
+OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_conflict() -> Optional[str]:
+    """How to fix it, in one line, when more than one OpenCV wheel is installed (e.g. opencv-python for the
+    window on top of the package's opencv-python-headless): they all install the same `cv2` module, so
+    the last one installed is what runs and uninstalling either leaves a broken cv2. None otherwise."""
+    from importlib import metadata
+
+    found = []
+    for name in OPENCV_WHEELS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    if len(found) < 2:
+        return None
+    return (f"{' and '.join(found)} are installed together and share the cv2 module; keep one: "
+            f"pip uninstall -y {' '.join(found)} && pip install opencv-python (the window; "
+            f"opencv-python-headless for --headless only)")
+
+
 def _check_display(opts: StreamOptions) -> None:
     if opts.headless:
         return
@@ -166,8 +189,9 @@ def _check_display(opts: StreamOptions) -> None:
     try:
         cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
     except cv2.error:
-        raise StreamError("this OpenCV has no window support (opencv-python-headless): run with --headless, "
-                          "or `pip install opencv-python` for the window") from None
+        raise StreamError(opencv_conflict() or "this OpenCV has no window support (opencv-python-headless): run "
+                          "with --headless, or `pip uninstall -y opencv-python-headless && pip install opencv-python` "
+                          "for the window") from None
 
 
 def _check_args(opts: StreamOptions) -> None:
