@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 from latent_replay.cli import main as cli  # noqa: E402
 
 METHODS = [  # (label in the figure, label in the README table, run arguments)
-    ("naive fine-tuning (no replay), conv5_4/dw", "`naive --replay no` (fine-tuning, forgets)", ["naive", "--replay", "no"]),
+    ("naive fine-tuning (no replay), conv5_4/dw", "`naive --replay no` (fine-tuning, forgets)",
+     ["naive", "--replay", "no"]),
     ("CWR* (head only), pool6", "`CWR` (CWR\\*, head only)", ["CWR"]),
     ("AR1*-free + latent replay, conv5_4/dw (default)", "`AR1F` (AR1\\*-free + latent replay, **the default**)",
      ["AR1F"]),

@@ -47,7 +47,8 @@ def test_unwritable_outputs_are_refused_before_anything_runs(tmp_path, capsys, m
     state = tmp_path / "state"
     stream = ["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
               "--state", str(state)]
-    cases = [(["bench", "--quick", "--out", str(notes / "b")], "bench", f"--out {notes / 'b'}: {notes} is not a folder"),
+    cases = [(["bench", "--quick", "--out", str(notes / "b")], "bench",
+              f"--out {notes / 'b'}: {notes} is not a folder"),
              (["bench", "--quick", "--json", str(tmp_path)], "bench", f"--json {tmp_path} is a folder"),
              (stream + ["--log", str(tmp_path)], "stream", f"--log {tmp_path} is a folder"),
              (stream + ["--record", str(notes / "demo.mp4")], "stream", f"{notes} is not a folder"),
@@ -67,7 +68,8 @@ def test_read_only_outputs_are_refused_before_anything_runs(tmp_path, case):
             "stream --log": ["stream", "--log", str(ro / "log.jsonl")],
             "stream --record": ["stream", "--record", str(ro / "demo.mp4")]}[case]
     if argv[0] == "stream":
-        argv += ["--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random", "--state", str(state)]
+        argv += ["--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+                 "--state", str(state)]
     proc = in_read_only_folder(ro, argv)
     assert proc.returncode == 2, proc.stderr
     line = only_line(proc.stderr, argv[0])

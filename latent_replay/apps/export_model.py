@@ -257,10 +257,10 @@ def untrained_reason(classes: ModelClasses, head: Optional[np.ndarray]) -> Optio
 
 def add_export_model_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-model", help="write the learned model as one inference ONNX (front + back)",
-                       description="Bake a learner state (from `latent-replay run --out DIR` -> DIR/runN/state or DIR, or "
-                                   "`latent-replay stream --state DIR`) into one ONNX model: uint8 NHWC frames in, "
-                                   "`logits` and `probabilities` out, the class names, trained classes, input "
-                                   "format and preprocessing in its metadata. Runs on any onnxruntime >= 1.14.")
+                       description="Bake a learner state (from `latent-replay run --out DIR` -> DIR/runN/state or "
+                                   "DIR, or `latent-replay stream --state DIR`) into one ONNX model: uint8 NHWC "
+                                   "frames in, `logits` and `probabilities` out, the class names, trained classes, "
+                                   "input format and preprocessing in its metadata. Runs on any onnxruntime >= 1.14.")
     p.add_argument("--artifacts",
                    help="the artifacts the learner trained (default: OUT/artifacts of the run, or STATE/artifacts "
                         "of the stream demo)")

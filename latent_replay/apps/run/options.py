@@ -91,7 +91,8 @@ class RunOptions:
             config = LearnerConfig.preset(self.preset, **values)
             config.check_compatible(self.latent_layer)
         except (ValueError, TypeError) as e:
-            typed = {"replay_memory": "--replay-memory", **{k: f"--set {k}={v}: {k}" for k, v in self.overrides.items()}}
+            typed = {"replay_memory": "--replay-memory",
+                     **{k: f"--set {k}={v}: {k}" for k, v in self.overrides.items()}}
             raise RunError(in_users_words(e, typed)) from None
         return config
 

@@ -189,9 +189,9 @@ def _check_display(opts: StreamOptions) -> None:
     try:
         cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
     except cv2.error:
-        raise StreamError(opencv_conflict() or "this OpenCV has no window support (opencv-python-headless): run "
-                          "with --headless, or `pip uninstall -y opencv-python-headless && pip install opencv-python` "
-                          "for the window") from None
+        raise StreamError("this OpenCV has no window support (opencv-python-headless): run with --headless, or "
+                          "`pip uninstall -y opencv-python-headless opencv-python && pip install opencv-python` for "
+                          "the window") from None
 
 
 def _check_args(opts: StreamOptions) -> None:
