@@ -1,5 +1,16 @@
 """latent-replay: continual learning on the edge with Latent Replay, CWR*, AR1* and ONNX Runtime."""
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def package_version() -> str:
+    """`__version__` of latent_replay/__init__.py, read as text: importing the package would need its
+    dependencies before they are installed."""
+    text = (Path(__file__).resolve().parent / "latent_replay" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.M).group(1)
+
 
 # One ONNX Runtime distribution per environment (they all install the `onnxruntime` module and
 # cannot live side by side): stock CPU, CUDA, or the training build of the optional engine. On a
@@ -9,7 +20,7 @@ TEST = ["pytest>=7", "torch==2.13.0"]
 
 setup(
     name="latent-replay",
-    version="0.2.0",
+    version=package_version(),
     description="Latent Replay (CWR*, AR1*, AR1*-free) on MobileNetV1, trained on the device by any ONNX Runtime",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

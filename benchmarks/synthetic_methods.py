@@ -1,46 +1,117 @@
-"""Run every method on the built-in synthetic stream and draw them in one figure.
+"""Run every method on the built-in synthetic stream, draw them in one figure and print the README's table.
 
     python benchmarks/synthetic_methods.py [--out runs/synthetic-methods] [--png docs/synthetic_methods.png]
+                                           [--readme README.md]
 
-Each method is one `latent-replay run` (same stream, same seed, random weights, no downloads); the
-script then prints a Markdown table of final accuracy and median train time per batch and plots
-accuracy vs. batch for all methods. Cumulative retrains on everything seen so far: it takes longest.
+Each method is one `latent-replay run` (same stream, same seed, random weights, no downloads), started
+afresh in its own folder under --out. The script then prints the Markdown table of the README's
+"Synthetic stream" results (final and average accuracy, forgetting, BWT, median train time per batch,
+from each run's results.json) with the commit it was made at, and plots accuracy vs. batch for all
+methods. `--readme README.md` also replaces the table between the README's markers, so the README
+holds exactly what the script printed. Cumulative retrains on everything seen so far: it takes longest.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from latent_replay.cli import main as cli
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-METHODS = [  # (label, run arguments)
-    ("naive fine-tuning (no replay), conv5_4/dw", ["naive", "--replay", "no"]),
-    ("CWR* (head only), pool6", ["CWR"]),
-    ("AR1*-free + latent replay, conv5_4/dw (default)", ["AR1F"]),
-    ("cumulative (upper bound), conv5_4/dw", ["cumulative"]),
+from latent_replay.cli import main as cli  # noqa: E402
+
+METHODS = [  # (label in the figure, label in the README table, run arguments)
+    ("naive fine-tuning (no replay), conv5_4/dw", "`naive --replay no` (fine-tuning, forgets)",
+     ["naive", "--replay", "no"]),
+    ("CWR* (head only), pool6", "`CWR` (CWR\\*, head only)", ["CWR"]),
+    ("AR1*-free + latent replay, conv5_4/dw (default)", "`AR1F` (AR1\\*-free + latent replay, **the default**)",
+     ["AR1F"]),
+    ("cumulative (upper bound), conv5_4/dw", "`cumulative` (retrains on everything: the upper bound)", ["cumulative"]),
 ]
+HEADER = ("| method (`latent-replay run ...`) | latent layer | final accuracy | average accuracy | forgetting | BWT "
+          "| median train time per batch |\n|---|---|---|---|---|---|---|")
+BEGIN, END = "<!-- synthetic-methods table: begin -->", "<!-- synthetic-methods table: end -->"
 
 
-def run_all(out: Path, extra: list) -> list:
+def row_from_results(path: Path, label: str, figure_label: str = "") -> Dict:
+    """One table row from a run's results.json (the mean over its runs, as `latent-replay run` prints)."""
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    s = result["summary"]
+    return {"label": label, "figure_label": figure_label or label, "latent_layer": result["latent_layer"],
+            "final": s["final_accuracy_mean"], "average": s["average_accuracy_mean"],
+            "forgetting": s["forgetting_mean"], "bwt": s["backward_transfer_mean"],
+            "train_s": s["train_seconds_median_per_batch"], "accuracy": s["mean_curve"]}
+
+
+def run_all(out: Path, extra: Sequence[str]) -> List[Dict]:
     rows = []
-    for i, (label, args) in enumerate(METHODS):
+    for i, (figure_label, label, args) in enumerate(METHODS):
         target = out / f"m{i}"
-        code = cli(["run"] + args + ["--out", str(target), "--quiet"] + extra)
+        code = cli(["run"] + list(args) + ["--out", str(target), "--quiet", "--fresh"] + list(extra))
         if code != 0:
             raise SystemExit(f"{label}: latent-replay run failed with exit code {code}")
-        result = json.loads((target / "results.json").read_text())
-        batches = result["runs"][0]["batches"]
-        rows.append({"label": label, "accuracy": [b["accuracy"] for b in batches],
-                     "train_s": float(np.median([b["train_s"] for b in batches])),
-                     "latent_layer": result["latent_layer"]})
+        rows.append(row_from_results(target / "results.json", label, figure_label))
     return rows
 
 
-def plot(rows: list, path: Path) -> None:
+def _pct(value: Optional[float], signed: bool = False, unit: str = "%") -> str:
+    if value is None:
+        return "-"
+    return (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}") + unit
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f} s" if value < 0.1 else f"{value:.1f} s"
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    """The README's table: one line per method."""
+    lines = [HEADER]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['latent_layer']} | {_pct(r['final'])} | {_pct(r['average'])} | "
+                     f"{_pct(r['forgetting'], unit=' pts')} | {_pct(r['bwt'], signed=True, unit=' pts')} | "
+                     f"{_seconds(r['train_s'])} |")
+    return "\n".join(lines)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def commit() -> str:
+    """The commit the code runs at, and whether tracked files had uncommitted changes."""
+    dirty = " plus uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no") else ""
+    return (_git("rev-parse", "--short", "HEAD") or "unknown") + dirty
+
+
+def provenance(made_at: str, load: Sequence[float]) -> str:
+    """Which commit made the table, when, on how many cores and under which load."""
+    return (f"Made by `python benchmarks/synthetic_methods.py --readme README.md` at commit {made_at} "
+            f"({datetime.date.today().isoformat()}, {os.cpu_count()} cores, 1-minute load average "
+            f"{min(load):.1f}-{max(load):.1f} at the start and end of the runs).")
+
+
+def replace_block(text: str, block: str) -> str:
+    """`text` with what stands between BEGIN and END replaced by `block`; ValueError without the markers."""
+    pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"the README needs exactly one {BEGIN} ... {END} block")
+    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text)
+
+
+def plot(rows: List[Dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +119,7 @@ def plot(rows: list, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for row in rows:
-        ax.plot(100 * np.array(row["accuracy"]), lw=1.8, label=row["label"])
+        ax.plot(100 * np.array(row["accuracy"]), lw=1.8, label=row["figure_label"])
     ax.set_xlabel("training batch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 102)
@@ -60,18 +131,23 @@ def plot(rows: list, path: Path) -> None:
     fig.savefig(path)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/synthetic-methods", help="folder for the runs")
+    p.add_argument("--out", default="runs/synthetic-methods", help="folder for the runs (each one started afresh)")
     p.add_argument("--png", default="docs/synthetic_methods.png", help="where to write the figure")
     p.add_argument("--seed", default="0", help="stream and weights seed")
+    p.add_argument("--readme", help="also write the table into this README, between its markers")
     args = p.parse_args(argv)
+    made_at, load = commit(), [os.getloadavg()[0]]  # before anything runs: the README is written at the end
     rows = run_all(Path(args.out), ["--seed", args.seed])
+    load.append(os.getloadavg()[0])
     plot(rows, Path(args.png))
-    print("| method | final accuracy | median train s / batch |")
-    print("|---|---|---|")
-    for row in rows:
-        print(f"| {row['label']} | {100 * row['accuracy'][-1]:.1f}% | {row['train_s']:.2f} |")
+    block = f"{markdown_table(rows)}\n\n{provenance(made_at, load)}"
+    print(block)
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block), encoding="utf-8")
+        print(f"table written into {readme}")
     print(f"figure: {args.png}")
     return 0
 

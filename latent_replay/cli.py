@@ -7,6 +7,7 @@ stderr and exit code 2 (see `main`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -29,6 +30,8 @@ def _user_errors() -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `latent-replay` parser: `--version` and one subcommand per job."""
+    from . import __version__
     from .apps.artifacts import add_export_command, add_fetch_command, add_layers_command
     from .apps.bench.command import add_bench_command
     from .apps.export_model import add_export_model_command
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="latent-replay",
         description="Continual learning on the edge: Latent Replay with CWR*, AR1* and AR1*-free on an "
                     "ImageNet-pretrained MobileNetV1, trained on the device by any ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"latent-replay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for adder in [add_layers_command, add_export_command, add_predict_command, add_fetch_command, add_run_command,
                   add_export_model_command, add_stream_command, add_bench_command]:
@@ -48,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; its exit status (0, 2 for a user mistake, 130 after Ctrl-C, 1 when the reader of
+    its output went away)."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside main, not when the interpreter exits
+    except BrokenPipeError:
+        # The reader of stdout went away (`latent-replay layers | head`): stop quietly. Python's recipe:
+        # point stdout at devnull, so that flushing it at exit raises nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".latent-replay.lock"
+LOCK_ATTEMPTS = 100  # lock files removed under a waiting opener in a row before giving up (see FolderLock)
 # Temporary siblings the exporter writes and swaps when `run`/`stream` export into their folder's
 # `artifacts/` (export/exporter.py: `.artifacts.partial-XXXX` from mkdtemp, `.artifacts.old-PID`
 # while replacing), left behind when the process is killed in between; they hold nothing but the
@@ -53,6 +54,27 @@ def absolute(path: Union[str, "os.PathLike[str]"], option: str) -> Path:
         return Path(os.path.expanduser(str(path))).resolve()
     except (OSError, RuntimeError) as e:
         raise FolderError(f"{option} {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def check_output_file(path: Union[str, "os.PathLike[str]"], option: str, shown: Optional[str] = None) -> None:
+    """Refuse (FolderError), before anything is written, an output file that could not be written at the
+    end: a folder, a file without write permission, or a place whose nearest existing folder cannot be
+    written (a read-only file system, no permission) or is a file. `shown`: what the user typed, when
+    `path` is a file inside it. Creates nothing."""
+    given = shown or Path(path)
+    target = absolute(path, option)
+    if target.is_dir():
+        raise FolderError(f"{option} {given} is a folder; give the file to write, e.g. {option} {target / 'out'}")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise FolderError(f"{option} {given} exists and cannot be written (no permission); choose another {option}")
+    folder = target.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FolderError(f"{option} {given}: {folder} is not a folder; choose another {option}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FolderError(f"{option} {given}: cannot write in {folder} (read-only or no permission); "
+                          f"choose another {option}")
 
 
 def refuse_current_folder(path: Path, option: str, shown: str, example: str) -> None:
@@ -102,10 +124,17 @@ def check_folder(path: Path, markers: Sequence[str], option: str, what: str,
 
 
 class FolderLock:
-    """Create `folder` if needed and hold an exclusive advisory lock on a file inside it, so that
-    a second process writing the same folder refuses instead of interleaving saves. On release, a
-    folder this lock created and that still holds nothing else is removed again (a failed start
-    leaves no empty folder behind). Without fcntl (Windows) the folder is created but not locked."""
+    """Create `folder` if needed and hold an exclusive advisory lock (flock) on its LOCK_NAME file, so
+    that a second process writing the same folder refuses instead of interleaving saves. On release
+    the lock file is removed (a finished folder holds only what the command wrote), and so is a
+    folder this lock created that holds nothing else (a failed start leaves no empty folder behind).
+    A killed process leaves its lock file, whose lock the kernel released: the next one takes it.
+
+    Removing the file is safe for mutual exclusion because of the order and one check: the holder
+    removes the file *while still holding* the lock, then unlocks; a process that opened the file
+    before it was removed may get the lock of that removed file afterwards, so after every lock taken
+    the file locked must still be the one at LOCK_NAME (same inode), else it is closed and the current
+    one is locked instead. Without fcntl (Windows) the folder is created but not locked."""
 
     def __init__(self, folder: Path, option: str) -> None:
         self.folder, self.option = Path(folder), option
@@ -120,27 +149,53 @@ class FolderLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._created = missing
-            self._file = open(self.folder / LOCK_NAME, "a+", encoding="utf-8")
         except OSError as e:
             self._cleanup()
             raise FolderError(f"cannot write to {self.option} {self.folder}: {e.strerror or e}") from None
+        for _ in range(LOCK_ATTEMPTS):
+            self._open()
+            if fcntl is None or self._lock():
+                break
+        else:
+            self._cleanup()
+            raise FolderError(f"cannot lock {self.option} {self.folder}: its lock file {LOCK_NAME} keeps being "
+                              f"replaced; try again")
         if fcntl is not None:
-            try:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._file.seek(0)
-                holder = self._file.read().strip()
-                self._file.close()
-                self._file = None
-                who = f" (pid {holder})" if holder.isdigit() else ""
-                raise FolderError(f"{self.option} {self.folder} is in use by another latent-replay process{who}; "
-                                  f"wait for it to finish or choose another {self.option}") from None
             self._file.seek(0)
             self._file.truncate()
             self._file.write(str(os.getpid()))
             self._file.flush()
             self._remove_leftovers()
         return self
+
+    def _open(self) -> None:
+        try:
+            self._file = open(self.folder / LOCK_NAME, "a+", encoding="utf-8")
+        except OSError as e:
+            self._cleanup()
+            raise FolderError(f"cannot write to {self.option} {self.folder}: {e.strerror or e}") from None
+
+    def _lock(self) -> bool:
+        """Lock the open file: True when it is held and still the folder's lock file; False (closed) when
+        its holder removed it meanwhile (lock the current one then); FolderError while another holds it."""
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip()
+            self._file.close()
+            self._file = None
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise FolderError(f"{self.option} {self.folder} is in use by another latent-replay process{who}; "
+                              f"wait for it to finish or choose another {self.option}") from None
+        try:
+            current = os.path.samestat(os.fstat(self._file.fileno()), os.stat(self.folder / LOCK_NAME))
+        except OSError:
+            current = False
+        if not current:
+            self._file.close()
+            self._file = None
+        return current
 
     def _remove_leftovers(self) -> None:
         """Temporary folders a killed holder of this lock left (a partial export): nobody else can
@@ -157,20 +212,22 @@ class FolderLock:
         self.release()
 
     def release(self) -> None:
-        """Unlock (closing the file releases the lock) and remove a folder we created and left empty."""
+        """Remove the lock file, then unlock (closing it releases the lock; the order is what keeps
+        removal safe, see the class), and remove a folder we created and left empty."""
         if self._file is not None:
+            try:
+                os.unlink(self.folder / LOCK_NAME)
+            except OSError:
+                pass
             self._file.close()
             self._file = None
         self._cleanup()
 
     def _cleanup(self) -> None:
-        for folder in self._created:  # innermost first
+        """Remove the folders this lock created, innermost first, as long as they are empty. Never the
+        lock file: only its holder removes it (`release`), or mutual exclusion would break."""
+        for folder in self._created:
             try:
-                names = os.listdir(folder)
-                if names == [LOCK_NAME]:
-                    os.unlink(folder / LOCK_NAME)
-                elif names:
-                    break
                 os.rmdir(folder)
             except OSError:
                 break

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
+
+import pytest
 
 from latent_replay.cli import main
 
@@ -62,3 +66,24 @@ def only_line(err: str, command: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     return error_line(err, command)
+
+
+def in_read_only_folder(folder: Path, argv: List[str]) -> subprocess.CompletedProcess:
+    """`latent-replay ARGV` in a fresh process while the empty `folder` is read-only: a read-only tmpfs
+    mounted on it in a private mount namespace (`unshare -rm`), else -- for a user other than root, whom
+    permissions bind -- its write permission taken away. Skips where neither makes it read-only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "latent_replay.cli"] + argv
+    repo = Path(__file__).resolve().parents[1]
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o ro tmpfs "$1"', "sh", str(folder)],
+                           capture_output=True) if shutil.which("unshare") else None
+    if probe is not None and probe.returncode == 0:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"',
+                               "sh", str(folder)] + command, cwd=repo, capture_output=True, text=True, timeout=300)
+    if os.geteuid() == 0:
+        pytest.skip("no read-only folder here: no unshare -rm, and root ignores permissions")
+    folder.chmod(0o555)
+    try:
+        return subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
+    finally:
+        folder.chmod(0o755)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from latent_replay.cli import build_parser, main
-from safety_helpers import CWR, copy_run, only_line, template_run
+from safety_helpers import CWR, only_line, template_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,30 @@ def test_bench_bad_layers_in_a_real_process_exits_2(tmp_path):
     assert isinstance(e.value.code, str) and "unknown latent layer foo" in e.value.code
 
 
+# -- --device cuda on an onnxruntime without the CUDA provider ---------------------------------------------
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime has the CUDA provider")
+@pytest.mark.parametrize("command", ["run", "stream", "predict", "bench"])
+def test_device_cuda_without_the_cuda_provider(template, tmp_path, capsys, monkeypatch, command):
+    """The engines' own check, asked before anything is written: no export into --out/--state, no traceback."""
+    from latent_replay.apps.bench import command as bench
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench, "benchmark", must_not_run)
+    written = tmp_path / "written"
+    argv = {"run": CWR + ["--out", str(written)],
+            "stream": ["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+                       "--state", str(written)],
+            "predict": ["predict", "--state", str(template)],
+            "bench": ["bench", "--quick", "--out", str(written)]}[command]
+    assert main(argv + ["--device", "cuda"]) == 2
+    line = only_line(capsys.readouterr().err, command)
+    assert "no CUDA execution provider" in line and "onnxruntime-gpu" in line and "--device cpu" in line, line
+    assert not written.exists()
+
+
 # -- stream sources that deliver nothing ----------------------------------------------------------------
 class _OpensButEmpty:
     """What OpenCV's FFmpeg backend does with some files that are not videos: opens, then no frame."""
@@ -119,6 +144,50 @@ def test_stream_source_that_delivers_no_frame(tmp_path, capsys, monkeypatch):
     line = only_line(capsys.readouterr().err, "stream")
     assert f"--source {notes} delivered no frame" in line
     assert not state.exists()
+
+
+def test_a_file_that_is_not_a_video_gives_our_line_only(tmp_path):
+    """FFmpeg's own 'moov atom not found' stays out of the terminal: in a fresh process, as a user runs it
+    (FFmpeg's log level is set once per process), for a text file named .mp4 and a cut-off real video."""
+    import os
+    import subprocess
+    import sys
+
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("a text file, not a video\n")
+    clip, cut = tmp_path / "clip.mp4", tmp_path / "cut.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 64))
+    for k in range(20):
+        writer.write(np.full((64, 64, 3), 10 * k, np.uint8))
+    writer.release()
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}  # as in a user's shell
+    for source in (notes, cut):
+        state = tmp_path / f"state-{source.stem}"
+        proc = subprocess.run([sys.executable, "-m", "latent_replay.cli", "stream", "--source", str(source),
+                               "--headless", "--weights", "random", "--state", str(state)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert f"cannot read video file {source}" in only_line(proc.stderr, "stream")
+        assert not state.exists()
+
+
+def test_two_opencv_wheels_are_named_at_stream_start_with_the_fix(tmp_path, capsys, monkeypatch):
+    """`pip install opencv-python` on top of the package's opencv-python-headless: both share cv2."""
+    from importlib import metadata
+
+    site = tmp_path / "site"  # an installed opencv-python, as pip records it
+    info = site / "opencv_python-4.10.0.84.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: opencv-python\nVersion: 4.10.0.84\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert metadata.version("opencv-python") == "4.10.0.84" and metadata.version("opencv-python-headless")
+    assert main(["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+                 "--state", str(tmp_path / "state")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: opencv-python and opencv-python-headless are installed together and share the cv2 "
+                        "module; keep one: pip uninstall -y opencv-python opencv-python-headless && pip install "
+                        "opencv-python (the window; opencv-python-headless for --headless only)"]
 
 
 # -- CORe50 folders ---------------------------------------------------------------------------------
@@ -183,6 +252,15 @@ def test_a_reversed_runs_range(tmp_path, capsys):
     (["--set", "epochs=0"], ("epochs must be at least 1",)),
     (["--latent-layer", "conv5_4/dw"], ("CWR* trains only the output layer",)),
     (["--core50", "/nonexistent/core50"], ("/nonexistent/core50",)),
+    (["--max-batches", "0"], ("--max-batches must be at least 1, got 0",)),
+    (["--max-batches", "-1"], ("--max-batches must be at least 1, got -1",)),
+    (["--threads", "-1"], ("--threads must be at least 0, got -1",)),
+    # the option the user typed, not the setting behind it
+    (["--synthetic-batches", "0"], ("--synthetic-batches must be 1..26", "got 0")),
+    (["--synthetic-size", "8"], ("--synthetic-size must be at least 16, got 8",)),
+    (["--set", "lr_first=-1"], ("--set lr_first=-1: lr_first must be >= 0",)),
+    (["--filelists", str(REPO / "latent_replay" / "data")], ("--filelists applies to CORe50 only",)),
+    (["--core50", str(REPO / "README.md")], ("CORe50 image folder", "README.md is not a folder")),
 ])
 def test_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
     """No 13 MB export and no empty --out left behind: all of it is checked before anything is written."""
@@ -197,8 +275,11 @@ def test_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
 
 @pytest.mark.parametrize("args, words", [
     (["--method", "cwr", "--latent-layer", "conv5_4/dw"], ("CWR* trains only the output layer",)),
-    (["--lr", "-1"], ("must be >= 0",)),
+    (["--lr", "-1"], ("--lr must be >= 0, got -1.0",)),
+    (["--epochs", "0"], ("--epochs must be at least 1, got 0",)),
     (["--latent-layer", "conv9/dw"], ("valid latent layers",)),
+    (["--threads", "-1"], ("--threads must be at least 0, got -1",)),
+    (["--train-threads", "-1"], ("--train-threads must be at least 0, got -1",)),
 ])
 def test_stream_mistakes_found_before_the_first_write(tmp_path, capsys, args, words):
     state = tmp_path / "state"
@@ -243,27 +324,8 @@ def test_resume_and_ctrl_c_say_where_the_run_stands(template, tmp_path, capsys, 
     assert json.loads((out / "results.json").read_text())["complete"]
 
 
-# -- export-model --state --------------------------------------------------------------------------
-def test_export_model_takes_a_stream_state_folder(tmp_path, capsys, template):
-    state = tmp_path / "stream-state"
-    assert main(["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
-                 "--classes", "5", "--state", str(state)]) == 0
-    model = tmp_path / "learned.onnx"
-    assert main(["export-model", "--artifacts", str(state / "artifacts"), "--state", str(state),
-                 "--out", str(model)]) == 0
-    assert model.is_file()
-    capsys.readouterr()
-    run = copy_run(template, tmp_path / "run")  # a run folder instead of one of its states
-    assert main(["export-model", "--artifacts", str(run / "artifacts"), "--state", str(run), "--out",
-                 str(model)]) == 2
-    assert f"pass the state of one run, e.g. --state {run / 'run0' / 'state'}" in only_line(
-        capsys.readouterr().err, "export-model")
-    assert main(["export-model", "--artifacts", str(run / "artifacts"), "--state", str(tmp_path / "nothing"),
-                 "--out", str(model)]) == 2
-    assert "does not exist" in only_line(capsys.readouterr().err, "export-model")
-
-
 def test_license_file_matches_setup():
     text = (REPO / "LICENSE").read_text()
     assert text.startswith("MIT License") and "the latent-replay authors" in text
     assert 'license="MIT"' in (REPO / "setup.py").read_text()
+

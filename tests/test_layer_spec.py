@@ -78,17 +78,24 @@ def _check_convs(model: onnx.ModelProto, layers) -> None:
     assert [n.name for n in convs] == [l.name for l in layers]
     for node, layer in zip(convs, layers):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        k, p = layer.kernel, layer.padding
+        k, (before, after) = layer.kernel, layer.pads
         assert list(attrs["kernel_shape"]) == [k, k], node.name
         assert list(attrs["strides"]) == [layer.stride] * 2, node.name
-        assert list(attrs.get("pads", [0] * 4)) == [p] * 4, node.name
+        assert list(attrs.get("pads", [0] * 4)) == [before, before, after, after], node.name
         assert attrs.get("group", 1) == layer.group, node.name
-        assert inits[node.input[1]] == spec.WEIGHT_SHAPES[layer.name], node.name
+        assert inits[node.input[1]] == layer.weight_shape, node.name
         assert shapes[node.output[0]][1:] == [layer.out_channels, layer.out_hw, layer.out_hw], node.name
 
 
 def test_inference_graph_follows_the_paper():
     _check_convs(g.build_full(make_weights(0), 50), spec.LAYERS)
+
+
+@pytest.mark.parametrize("width", [0.25, 0.5, 0.75, 1.0])
+def test_keras_layout_follows_keras(width):
+    """Keras's MobileNet: int(filters * alpha) channels, TF 'same' paddings (0 before, 1 after on the
+    stride-2 layers of even maps), as the spec types them independently."""
+    _check_convs(g.build_full(make_weights(0, arch=net.keras_architecture(width)), 50), spec.keras_layers(width))
 
 
 @pytest.mark.parametrize("latent_layer", ["data", "conv5_4/dw"])

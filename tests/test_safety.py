@@ -217,6 +217,59 @@ def test_a_second_process_on_the_same_folder_is_refused(template, tmp_path, caps
     assert main(CWR + ["--out", str(out)]) == 0  # now it runs (the run is complete: nothing to train)
 
 
+TRY = """
+import sys
+from pathlib import Path
+from latent_replay.folders import FolderError, FolderLock
+try:
+    with FolderLock(Path(sys.argv[1]), "--out"):
+        print("locked")
+except FolderError as e:
+    print(e)
+"""
+
+
+def test_finished_folders_keep_no_lock_file(template, tmp_path):
+    from latent_replay.folders import LOCK_NAME
+
+    assert not (template / LOCK_NAME).exists()  # a finished run
+    state = tmp_path / "state"
+    assert main(["stream", "--source", "synthetic", "--headless", "--max-frames", "3", "--weights", "random",
+                 "--state", str(state)]) == 0
+    assert sorted(p.name for p in state.iterdir()) == ["artifacts", "learner"]
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_not_trusted(tmp_path, monkeypatch):
+    """Removing the lock file on release is safe: a process that opened the file just before its holder
+    removed it, and locked it just after, must not trust that lock (the file is gone; a third process
+    would create and lock a new one). It locks the file in place instead, and keeps others out."""
+    from latent_replay import folders
+
+    real_open, opened = open, []
+
+    def opened_then_removed(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        opened.append(path)
+        if len(opened) == 1:
+            os.unlink(path)  # the holder's release, between our open and our lock
+        return f
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / folders.LOCK_NAME).write_text("4242")  # a holder's lock file
+    monkeypatch.setattr(folders, "open", opened_then_removed, raising=False)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with folders.FolderLock(folder, "--out"):
+        assert len(opened) == 2 and (folder / folders.LOCK_NAME).read_text() == str(os.getpid())
+        other = subprocess.run([sys.executable, "-c", TRY, str(folder)], capture_output=True, text=True, env=env,
+                               timeout=120)
+        assert f"in use by another latent-replay process (pid {os.getpid()})" in other.stdout, other
+    assert not (folder / folders.LOCK_NAME).exists()
+    other = subprocess.run([sys.executable, "-c", TRY, str(folder)], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert other.stdout.strip() == "locked" and os.listdir(folder) == []
+
+
 def test_the_folder_lock_without_fcntl(tmp_path, monkeypatch):
     from latent_replay import folders
 

@@ -3,20 +3,49 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Mapping, Optional
 
 
 class UserError(ValueError):
     """A user-facing failure: printed as one line by the `latent-replay` command, exit code 2."""
 
 
+def check_at_least(value: Optional[int], minimum: int, option: str) -> None:
+    """Refuse a count below `minimum` (UserError naming `option`); None (not given) passes."""
+    if value is not None and value < minimum:
+        raise UserError(f"{option} must be at least {minimum}, got {value}")
+
+
+def in_users_words(error: Exception, options: Mapping[str, str]) -> str:
+    """The message of `error` naming what the user typed: `options` maps a setting ('lr_first') to the
+    option that set it ('--lr'), for a SettingError of that setting; any other error keeps its message."""
+    setting = getattr(error, "setting", None)
+    if setting in options:
+        return f"{options[setting]} {getattr(error, 'problem')}"
+    return str(error)
+
+
+def check_device(device: str) -> str:
+    """The device the engines will open for --device `device` ('auto' resolved), asked before anything is
+    written: the engines' own check (`available_device`), its refusal of a CUDA device this onnxruntime
+    lacks turned into a UserError."""
+    from ..runtime.engine.session import available_device
+
+    try:
+        return available_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
     """--weights / --width / --preprocessing / --seed, shared by every command that builds a network."""
+    from ..models.files import SUPPORTED
+
     p.add_argument("--weights", default="random",
-                   help="weights: 'random' (seeded, for smoke tests), a .caffemodel, a state dict (.safetensors, "
-                        ".pth/.pt, or .npz: a timm/pytorchcv state dict as numpy arrays), a Keras .h5, a TF.js "
-                        "model.json (or its folder), or a name fetched with `latent-replay fetch weights` "
-                        "('caffe', 'timm', 'keras:1.0_128', ...)")
+                   help=f"weights: {SUPPORTED} (random: seeded, for smoke tests; .safetensors/.pth/.pt/.npz: a timm "
+                        f"or pytorchcv state dict, .npz its arrays saved with numpy; .h5 / model.json: Google's Keras/TF "
+                        f"MobileNet), or a name fetched with `latent-replay fetch weights` ('caffe', 'timm', "
+                        f"'keras:1.0_128', ...); see the README's weights table")
     add_width_argument(p, "of random weights (default 1.0); a weights file's own width is read from the file, and "
                           "a --width that contradicts it is refused")
     p.add_argument("--preprocessing", choices=["caffe", "imagenet", "tf"], default=None,

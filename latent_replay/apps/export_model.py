@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -179,27 +180,28 @@ def read_metadata(values: Mapping[str, str]) -> Dict[str, Any]:
     return out
 
 
-def resolve_state(given: Path, run_folder: bool = False) -> Tuple[Path, Optional[str]]:
-    """(learner state folder, a note for the user or None) for --state: a state itself, the folder of
-    `latent-replay stream --state` (its learner/), or -- with `run_folder` -- a run folder OUT (its
-    run0, or its lowest run, said in the note). Anything else: a UserError that says what to pass."""
+def choose_state(given: Path) -> Tuple[Path, str]:
+    """The learner state `--state` names, for `predict` and `export-model` alike: (its folder, which one it
+    is, said on stderr). `given` is a state itself, the folder of `latent-replay stream --state` (its
+    learner/), or a run folder OUT of `latent-replay run` (its run0, or its lowest run). Anything else:
+    a UserError that says what to pass."""
     from ..runtime.state import has_state
 
     if has_state(given):
-        return given, None
+        return given, str(given)
     if has_state(given / "learner"):  # a stream state folder
-        return given / "learner", None
+        return given / "learner", f"{given / 'learner'} (the stream state {given})"
     runs = sorted((p for p in given.glob("run[0-9]*") if p.name[3:].isdigit() and has_state(p / "state")),
                   key=lambda p: int(p.name[3:])) if given.is_dir() else []
-    if runs and run_folder:
-        note = None if len(runs) == 1 else (f"{given} holds runs {', '.join(p.name[3:] for p in runs)}: using "
-                                            f"{runs[0].name} (pass --state {given / 'runN' / 'state'} for another)")
-        return runs[0] / "state", note
     if runs:
-        raise UserError(f"{given} is a run folder: pass the state of one run, e.g. --state {runs[0] / 'state'}")
+        chosen = runs[0] / "state"
+        if len(runs) == 1:
+            return chosen, f"{chosen} (run {runs[0].name[3:]}, the only run in {given})"
+        return chosen, (f"{chosen} (run {runs[0].name[3:]} of runs {', '.join(p.name[3:] for p in runs)} in {given}; "
+                        f"--state {given / 'runN' / 'state'} for another)")
     what = "does not exist" if not given.exists() else "holds no learner state"
-    raise UserError(f"--state {given} {what}; pass OUT/runN/state of `latent-replay run --out OUT`"
-                    f"{', the run folder OUT' if run_folder else ''}, or the --state folder of `latent-replay stream`")
+    raise UserError(f"--state {given} {what}; pass OUT/runN/state of `latent-replay run --out OUT`, the run "
+                    f"folder OUT, or the --state folder of `latent-replay stream`")
 
 
 def find_artifacts(given: Path, state_path: Path) -> Path:
@@ -219,6 +221,25 @@ def find_artifacts(given: Path, state_path: Path) -> Path:
     raise UserError(f"found no artifacts next to the state {state_path} (looked in "
                     f"{', '.join(str(c) for c in dict.fromkeys(candidates))}); pass --artifacts DIR, the "
                     f"artifacts the learner trained")
+
+
+class Learned:
+    """The inference model of the learner state --state names (on --artifacts, or the artifacts found next
+    to it), and which state that is (`chosen`, said on stderr once the command succeeded)."""
+
+    def __init__(self, state: str, artifacts: Optional[str]) -> None:
+        self.state, self.chosen = choose_state(Path(state))
+        self.artifacts = Path(artifacts) if artifacts else find_artifacts(Path(state), self.state)
+        self.model, self.manifest, self.classes = learned_model(self.artifacts, self.state)
+        self.head = head_weights(self.model, BACK_PREFIX + self.manifest.head)
+
+    def announce(self) -> None:
+        print(f"state: {self.chosen}", file=sys.stderr)
+
+
+def head_weights(model: onnx.ModelProto, name: Optional[str]) -> Optional[np.ndarray]:
+    """The initializer `name` of `model` (a learned model's output layer), or None."""
+    return next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None) if name else None
 
 
 def learned_model(artifacts: Path, state_path: Path) -> Tuple[onnx.ModelProto, Manifest, ModelClasses]:
@@ -256,22 +277,25 @@ def untrained_reason(classes: ModelClasses, head: Optional[np.ndarray]) -> Optio
 
 def add_export_model_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-model", help="write the learned model as one inference ONNX (front + back)",
-                       description="Bake a learner state (from `latent-replay run --out DIR` -> DIR/runN/state, or "
-                                   "`latent-replay stream --state DIR`) into one ONNX model: uint8 NHWC frames in, "
-                                   "`logits` and `probabilities` out, the class names, trained classes, input "
-                                   "format and preprocessing in its metadata. Runs on any onnxruntime >= 1.14.")
+                       description="Bake a learner state (from `latent-replay run --out DIR` -> DIR/runN/state or "
+                                   "DIR, or `latent-replay stream --state DIR`) into one ONNX model: uint8 NHWC "
+                                   "frames in, `logits` and `probabilities` out, the class names, trained classes, "
+                                   "input format and preprocessing in its metadata. Runs on any onnxruntime >= 1.14.")
     p.add_argument("--artifacts",
                    help="the artifacts the learner trained (default: OUT/artifacts of the run, or STATE/artifacts "
                         "of the stream demo)")
     p.add_argument("--state", required=True,
-                   help="learner state: OUT/runN/state of `latent-replay run`, or the --state folder of "
-                        "`latent-replay stream`")
+                   help="learner state: OUT/runN/state or OUT of `latent-replay run` (its run0, or its lowest run: "
+                        "said on stderr), or the --state folder of `latent-replay stream`")
     p.add_argument("--out", required=True, help="output .onnx file (an existing ONNX model there is replaced)")
     p.set_defaults(handler=export_model_command)
 
 
 def _check_out(out: Path) -> None:
-    """--out must be a file to create, or an ONNX model to replace: never a folder or another file."""
+    """--out must be a file to create, or an ONNX model to replace: never a folder or another file; and
+    a place that can be written (checked before the model is built)."""
+    from ..folders import check_output_file
+
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the model file to write, e.g. --out {out / 'learned.onnx'}")
     if out.exists():
@@ -283,25 +307,19 @@ def _check_out(out: Path) -> None:
         if not ours:
             raise UserError(f"--out {out} exists and is not an ONNX model: refusing to overwrite it; "
                             f"choose another file name")
-
-
-def _head_of(model: onnx.ModelProto, manifest: Manifest) -> Optional[np.ndarray]:
-    name = BACK_PREFIX + manifest.head
-    return next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None)
+    check_output_file(out, "--out")
 
 
 def export_model_command(args: argparse.Namespace) -> int:
-    import sys
-
     from ..atomic import write_bytes_atomic
 
     out = Path(args.out)
     _check_out(out)
-    state_path, _ = resolve_state(Path(args.state))
-    artifacts = Path(args.artifacts) if args.artifacts else find_artifacts(Path(args.state), state_path)
-    model, manifest, classes = learned_model(artifacts, state_path)
-    untrained = untrained_reason(classes, _head_of(model, manifest))
-    write_bytes_atomic(out, model.SerializeToString())
+    learned = Learned(args.state, args.artifacts)
+    manifest, classes, state_path = learned.manifest, learned.classes, learned.state
+    untrained = untrained_reason(classes, learned.head)
+    write_bytes_atomic(out, learned.model.SerializeToString())
+    learned.announce()
     size = manifest.input["size"]
     print(f"wrote {args.out}: frames uint8 (N, {size}, {size}, 3) {manifest.input['channel_order']} -> logits, "
           f"probabilities ({manifest.classes} classes, {len(classes.trained)} trained: "

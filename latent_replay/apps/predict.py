@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -77,34 +76,26 @@ def _session(model: Any, device: str):
     """An InferenceSession on `model` (a path or serialized bytes) for --device."""
     import onnxruntime as ort
 
-    from ..runtime.engine.session import available_device, providers_for
+    from ..runtime.engine.session import providers_for
+    from .common import check_device
 
-    try:
-        providers = providers_for(available_device(device))
-    except (RuntimeError, ValueError) as e:
-        raise UserError(str(e)) from None
-    return ort.InferenceSession(model, providers=providers)
+    return ort.InferenceSession(model, providers=providers_for(check_device(device)))
 
 
 class Loaded:
-    """A model to run, its classes, its head weights when known (to refuse all-zero rows), and what it
-    is, for messages."""
+    """A model to run, its classes, its head weights when known (to refuse all-zero rows), what it is,
+    for messages, and the learner state it comes from (said on stderr), if any."""
 
-    def __init__(self, model: Any, classes: Optional[Any], head: Optional[Any], what: str) -> None:
-        self.model, self.classes, self.head, self.what = model, classes, head, what
-
-
-def _head(model: Any, name: Optional[str]) -> Optional[Any]:
-    from onnx import numpy_helper
-
-    return next((numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name), None) if name else None
+    def __init__(self, model: Any, classes: Optional[Any], head: Optional[Any], what: str,
+                 learned: Optional[Any] = None) -> None:
+        self.model, self.classes, self.head, self.what, self.learned = model, classes, head, what, learned
 
 
 def _model_file(path: Path) -> Loaded:
     """The --model file; a path that is not an ONNX model: UserError."""
     import onnx
 
-    from .export_model import ModelClasses, read_metadata
+    from .export_model import ModelClasses, head_weights, read_metadata
 
     if path.is_dir():
         raise UserError(f"--model {path} is a folder; give the .onnx file `latent-replay export-model` wrote")
@@ -121,14 +112,14 @@ def _model_file(path: Path) -> Loaded:
         raise UserError(f"--model {path} carries no class names in its metadata (not written by this version of "
                         f"`latent-replay export-model`); write it again with `latent-replay export-model`")
     classes = ModelClasses(list(meta["class_names"]), list(meta["trained_classes"]), "model")
-    return Loaded(model, classes, _head(model, (meta.get("latent_replay") or {}).get("head")), f"--model {path}")
+    return Loaded(model, classes, head_weights(model, (meta.get("latent_replay") or {}).get("head")),
+                  f"--model {path}")
 
 
 def _load(args: argparse.Namespace) -> Loaded:
     """The model --model, --state or --artifacts name."""
     from ..export.manifest import Manifest
-    from .export_model import BACK_PREFIX, find_artifacts, head_classes, inference_model, learned_model, \
-        resolve_state, set_metadata
+    from .export_model import BACK_PREFIX, Learned, head_classes, head_weights, inference_model, set_metadata
 
     given = [name for name in ("model", "state", "weights") if getattr(args, name)]
     if len(given) > 1:
@@ -144,19 +135,15 @@ def _load(args: argparse.Namespace) -> Loaded:
             raise UserError("--model already holds the artifacts and what was learned: drop --artifacts")
         return _model_file(Path(args.model))
     if args.state:
-        state_path, note = resolve_state(Path(args.state), run_folder=True)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-        artifacts = Path(args.artifacts) if args.artifacts else find_artifacts(Path(args.state), state_path)
-        model, manifest, classes = learned_model(artifacts, state_path)
-        return Loaded(model, classes, _head(model, BACK_PREFIX + manifest.head), f"the learner in {state_path}")
+        learned = Learned(args.state, args.artifacts)
+        return Loaded(learned.model, learned.classes, learned.head, f"the learner in {learned.state}", learned)
     if args.artifacts:
         artifacts = Path(args.artifacts)
         manifest = Manifest.load(artifacts, verify=True)
         model = inference_model(artifacts, {})
         classes = head_classes(artifacts, manifest)
         set_metadata(model, manifest, classes)
-        return Loaded(model, classes, _head(model, BACK_PREFIX + manifest.head),
+        return Loaded(model, classes, head_weights(model, BACK_PREFIX + manifest.head),
                       f"the export in {artifacts} (its own head: nothing was learned)")
     raise UserError(f"nothing to predict with: {HOW}")
 
@@ -218,6 +205,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         names = ["<generated frame>"]
     session = _session(model.SerializeToString(), args.device)
     probs = session.run(["probabilities"], {"frames": frames})[0]
+    if loaded.learned is not None:
+        loaded.learned.announce()
     trained = set(classes.trained)
     k = min(args.top, probs.shape[1])
     for name, p in zip(names, probs):

@@ -26,6 +26,7 @@ import onnx
 from ..models import graph as g
 from ..models import mobilenet_v1 as net
 from ..models.weights import MobileNetWeights
+from .. import __version__
 from ..atomic import default_mode
 from . import step_graph
 from .manifest import ENGINES, MANIFEST_NAME, Manifest, sha256_file
@@ -260,8 +261,8 @@ def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_
         engines=engines,
         head=g.HEAD_WEIGHT,
         architecture=weights.arch.to_dict(),
-        versions={"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
-                  "opset": str(g.OPSET)},
+        versions={"latent_replay": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                  "numpy": np.__version__, "opset": str(g.OPSET)},
         cost={"front_macs": cost.front_macs, "back_macs": cost.back_macs,
               "front_params": cost.front_params, "back_params": cost.back_params},
     )

@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ...folders import FolderError, check_output_file
 from ...models import mobilenet_v1 as net
-from ..common import UserError, add_width_argument
+from ..common import UserError, add_width_argument, check_device
 from . import probes as core
 from .report import COMPARE_ROWS, derive, table
 from .workers import BACK_TRAIN_FACTOR, CLASSES, FULL, QUICK, SEED, package_env, run_worker
@@ -108,6 +109,11 @@ def training_python(path: Optional[str]) -> Dict[str, Any]:
     return {"python": path, "onnxruntime": ort_version, "python_version": py_version}
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """Where the results JSON goes: --json, else OUT/bench_latency_memory.json."""
+    return Path(args.json) if args.json else Path(args.out) / "bench_latency_memory.json"
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument checked before anything runs: a mistake is one line and exit code 2."""
     if getattr(args, "checked", False):
@@ -118,12 +124,14 @@ def check_arguments(args: argparse.Namespace) -> None:
     args.thread_counts = parse_threads(args.threads)
     if args.rounds is not None and args.rounds < 1:
         raise _argument_error(f"--rounds must be >= 1, got {args.rounds}")
-    if args.device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise _argument_error("--device cuda needs the CUDA build of onnxruntime (onnxruntime-gpu: "
-                                  "pip install .[gpu]); use --device cpu")
+    try:  # the results are written at the end of a run of minutes: a place they cannot go is refused now
+        check_output_file(results_path(args), "--json" if args.json else "--out", args.json or args.out)
+    except FolderError as e:
+        raise _argument_error(str(e)) from None
+    try:
+        check_device(args.device)
+    except UserError as e:
+        raise _argument_error(str(e)) from None
     args.training = training_python(getattr(args, "training_python", None))
     args.checked = True
 
@@ -285,7 +293,10 @@ def benchmark(args: argparse.Namespace, log: Log = print) -> Dict[str, Any]:
     }
     import onnxruntime as ort
 
-    results["versions"] = {"onnxruntime": ort.__version__, "torch": torch_info if has_torch else None}
+    from ... import __version__
+
+    results["versions"] = {"latent_replay": __version__, "onnxruntime": ort.__version__,
+                           "torch": torch_info if has_torch else None}
     with tempfile.TemporaryDirectory(prefix="lr-bench-") as tmp:
         tmp_path = Path(tmp)
         artifacts = _export_step(args.layer_list, tmp_path, args.width)
@@ -348,7 +359,7 @@ def command(args: argparse.Namespace) -> int:
     check_arguments(args)
     results = benchmark(args, log=lambda msg: print(msg, file=sys.stderr))
     print(table(results))
-    path = Path(args.json) if args.json else Path(args.out) / "bench_latency_memory.json"
+    path = results_path(args)
     write_json_atomic(path, results)
     print(f"\nwrote {path} ({results['wall_s']:.0f} s)")
     return 1 if results["derived"]["errors"] else 0

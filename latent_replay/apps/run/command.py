@@ -12,7 +12,7 @@ import numpy as np
 from ...export.manifest import ENGINES
 from ...runtime.learn.config import PRESETS
 from ...runtime.learn.methods import spellings
-from ..common import add_weights_arguments
+from ..common import add_weights_arguments, check_device
 from .options import SYNTHETIC_DIFFICULTY, SYNTHETIC_MEMORY, SYNTHETIC_SETTINGS, SYNTHETIC_SIZE, RunOptions, \
     options_from_args
 
@@ -96,6 +96,7 @@ def run_command(args: argparse.Namespace) -> int:
     from .experiment import Saved, check_existing, prepare
 
     opts = options_from_args(args)
+    check_device(opts.device)
     out = opts.out or opts.default_out()
     prepared = prepare(opts, out)  # every check that needs no write, before the first write
     if opts.synthetic:
@@ -117,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
 def _run_all(opts: RunOptions, out: Path, prepared: list, saved) -> int:
     from ...atomic import write_json_atomic
     from .experiment import run_one
-    from .results import load_results, plot_accuracy, plot_accuracy_matrix, summarize, table
+    from .results import load_results, plot_accuracy, plot_accuracy_matrix, stopped_note, summarize, table
 
     results_path = out / "results.json"
     previous = {} if opts.fresh else load_results(results_path) or {}
@@ -129,9 +130,11 @@ def _run_all(opts: RunOptions, out: Path, prepared: list, saved) -> int:
         write_json_atomic(results_path, _results(opts, list(done.values()), complete=False))
     write_json_atomic(results_path, _results(opts, runs, complete=all(r["complete"] for r in runs)))
     reference = PAPER_REFERENCE.get((opts.method, opts.scenario, opts.replay)) if opts.core50 else None
+    stopped = stopped_note(runs)
     stream = ("synthetic stream" if opts.synthetic else f"images of {opts.folder}" if opts.folder
               else "NICv2-%d" % opts.scenario)
-    title = f"{opts.method} / {stream} / {opts.replay} replay at {opts.latent_layer}, M={opts.replay_memory}"
+    title = (f"{opts.method} / {stream} / {opts.replay} replay at {opts.latent_layer}, M={opts.replay_memory}"
+             + (f" ({stopped})" if stopped else ""))
     plot_accuracy(out / "accuracy.png", runs, title, reference)
     named = {tuple(r.get("class_names") or ()) for r in runs}  # synthetic runs draw other objects per seed
     names = list(named.pop()) if len(named) == 1 else None
@@ -156,10 +159,10 @@ def _versions() -> Dict[str, str]:
 
 
 def _results(opts: RunOptions, runs: List[dict], complete: bool) -> dict:
-    from .results import run_entry, summarize
+    from .results import run_entry, stopped_note, summarize
 
     return {
-        "complete": complete,
+        "complete": complete, "stopped": stopped_note(runs),
         "method": opts.method, "scenario": opts.scenario if opts.core50 else opts.scenario_label,
         "replay": opts.replay, "latent_layer": opts.latent_layer, "replay_memory": opts.replay_memory,
         "preset": opts.preset, "storage": opts.storage, "device": opts.device, "engine": opts.engine,

@@ -19,7 +19,8 @@ import numpy as np
 
 from ...runtime.learn import LearnerConfig
 from ...runtime.workspace import ArtifactSpec
-from .options import RunError, RunOptions
+from ..common import in_users_words
+from .options import SYNTHETIC_OPTIONS, RunError, RunOptions
 
 TEST_CACHE_LIMIT = 2 << 30  # test latents bigger than this are recomputed per evaluation
 RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json")  # what makes a folder a run folder
@@ -61,7 +62,7 @@ def make_scenario(opts: RunOptions, run: int):
                                      input_size=opts.synthetic_size, frames_per_batch=opts.synthetic_frames,
                                      difficulty=opts.synthetic_difficulty)
         except ValueError as e:
-            raise RunError(str(e)) from None
+            raise RunError(in_users_words(e, SYNTHETIC_OPTIONS)) from None
     scenario = Core50Scenario(opts.core50, scenario=opts.scenario, run=run, test_set=opts.test_set,
                               filelists=opts.filelists, skip_bad_images=opts.skip_bad_images)
     scenario.check_images()
@@ -230,34 +231,36 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
         bar = tqdm(total=scenario.n_batches, initial=start, desc=f"run {run}", unit="batch", file=sys.stderr,
                    dynamic_ncols=True)
     stop = scenario.n_batches if opts.max_batches is None else min(scenario.n_batches, start + opts.max_batches)
-    for i, batch in enumerate(scenario.iter_train(start), start=start):
-        if i >= stop:
-            break
-        _check_labels(batch.labels, manifest.classes, batch.name)
-        t0 = time.perf_counter()
-        latents = encode(front, batch.frames)
-        front_s = time.perf_counter() - t0
-        stats = learner.train_batch(latents, batch.labels, i)
-        accuracy, class_accuracy = _evaluate(learner, test, scenario.num_classes)
-        records.append({
-            "batch": i, "name": batch.name, "patterns": len(batch), "accuracy": accuracy,
-            "classes": sorted(int(c) for c in np.unique(batch.labels)), "class_accuracy": class_accuracy,
-            "train_s": stats["time"], "front_s": front_s, "iterations": stats["iterations"],
-            "loss": stats["loss"], "pool_patterns": len(pool) if pool is not None else 0,
-            "pool_bytes": int(pool.nbytes) if pool is not None else 0, "peak_rss_mb": peak_rss_mb(),
-            "bad_images": int(getattr(scenario, "bad_images", 0)),
-        })
-        if (i + 1) % opts.save_every == 0 or i + 1 == stop:
-            state = learner.state_dict()
-            state["meta"]["records"] = records
-            state["meta"]["class_names"] = class_names
-            save_state(state, state_dir)
-            saved.batches[run] = (len(records), scenario.n_batches)
-        if bar is not None:
-            bar.set_postfix(acc=f"{100 * accuracy:.1f}%", train=f"{stats['time']:.1f}s")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    try:
+        for i, batch in enumerate(scenario.iter_train(start), start=start):
+            if i >= stop:
+                break
+            _check_labels(batch.labels, manifest.classes, batch.name)
+            t0 = time.perf_counter()
+            latents = encode(front, batch.frames)
+            front_s = time.perf_counter() - t0
+            stats = learner.train_batch(latents, batch.labels, i)
+            accuracy, class_accuracy = _evaluate(learner, test, scenario.num_classes)
+            records.append({
+                "batch": i, "name": batch.name, "patterns": len(batch), "accuracy": accuracy,
+                "classes": sorted(int(c) for c in np.unique(batch.labels)), "class_accuracy": class_accuracy,
+                "train_s": stats["time"], "front_s": front_s, "iterations": stats["iterations"],
+                "loss": stats["loss"], "pool_patterns": len(pool) if pool is not None else 0,
+                "pool_bytes": int(pool.nbytes) if pool is not None else 0, "peak_rss_mb": peak_rss_mb(),
+                "bad_images": int(getattr(scenario, "bad_images", 0)),
+            })
+            if (i + 1) % opts.save_every == 0 or i + 1 == stop:
+                state = learner.state_dict()
+                state["meta"]["records"] = records
+                state["meta"]["class_names"] = class_names
+                save_state(state, state_dir)
+                saved.batches[run] = (len(records), scenario.n_batches)
+            if bar is not None:
+                bar.set_postfix(acc=f"{100 * accuracy:.1f}%", train=f"{stats['time']:.1f}s")
+                bar.update(1)
+    finally:
+        if bar is not None:  # also on Ctrl-C or an error: the message that follows starts on a line of its own
+            bar.close()
     return {"run": run, "batches": records, "complete": len(records) == scenario.n_batches,
             "scenario": scenario.name, "n_batches": scenario.n_batches, "test_size": test.size,
             "config": config.to_dict(), "artifacts": str(artifacts), "engine": learner.back.name,

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from ...models import mobilenet_v1 as net
 from ...runtime.learn import LearnerConfig
 from ...runtime.learn.methods import method as method_named, spellings
-from ..common import UserError
+from ..common import UserError, check_at_least, in_users_words
 
 SCENARIOS = (79, 196, 391)
 REPLAYS = ("no", "pure", "latent")
@@ -24,6 +24,9 @@ SYNTHETIC_DIFFICULTY = 0.1
 SYNTHETIC_SETTINGS = LearnerConfig.small_stream_settings(0.01)  # see that method for why
 FOLDER_PREFIX = "folder:"
 FOLDER_SETTINGS: Dict[str, Dict[str, Any]] = {}  # per method: the settings a small real stream learns with
+# The synthetic stream's parameters and the options that set them, for its errors (SettingError).
+SYNTHETIC_OPTIONS = {"n_batches": "--synthetic-batches", "input_size": "--synthetic-size",
+                     "frames_per_batch": "--synthetic-frames", "difficulty": "--synthetic-difficulty"}
 
 
 class RunError(UserError):
@@ -105,7 +108,9 @@ class RunOptions:
             config = LearnerConfig.preset(self.preset, **values)
             config.check_compatible(self.latent_layer)
         except (ValueError, TypeError) as e:
-            raise RunError(str(e)) from None
+            typed = {"replay_memory": "--replay-memory",
+                     **{k: f"--set {k}={v}: {k}" for k, v in self.overrides.items()}}
+            raise RunError(in_users_words(e, typed)) from None
         return config
 
 
@@ -216,6 +221,11 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     if folder is None and (args.first_classes is not None or args.per_batch is not None
                            or args.test_fraction is not None):
         raise RunError("--first-classes, --per-batch and --test-fraction plan a folder stream: give folder:DIR")
+    if args.filelists and not core50:
+        raise RunError("--filelists applies to CORe50 only: give the CORe50 folder (CORE50 or --core50), or drop it")
+    if args.skip_bad_images and not (core50 or folder):
+        raise RunError("--skip-bad-images applies to image files (CORe50 or folder:DIR): drop it for the synthetic "
+                       "stream")
     latent_layer = args.latent_layer or method_named(method).latent_layer or (
         net.DATA if replay == "pure" else net.DEFAULT_LATENT_LAYER)
     try:
@@ -225,8 +235,9 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     memory = args.replay_memory if args.replay_memory is not None else (1500 if core50 else SYNTHETIC_MEMORY)
     if memory <= 0:
         raise RunError(f"--replay-memory must be > 0, got {memory}")
-    if args.save_every < 1:
-        raise RunError(f"--save-every must be at least 1, got {args.save_every}")
+    for value, minimum, option in ((args.save_every, 1, "--save-every"), (args.max_batches, 1, "--max-batches"),
+                                   (args.threads, 0, "--threads")):
+        check_at_least(value, minimum, option)
     return RunOptions(
         method=method, scenario=scenario, replay=replay, core50=Path(core50) if core50 else None,
         latent_layer=latent_layer, replay_memory=memory, runs=parse_runs(args.runs),

@@ -181,6 +181,17 @@ def plot_accuracy_matrix(path: Path, runs: List[dict], title: str, class_names: 
     return True
 
 
+def stopped_note(runs: List[dict]) -> Optional[str]:
+    """'stopped at batch k of n' (with several runs: 'stopped run 0 at batch k of n, ...') for runs that
+    ended before their last batch, as --max-batches stops them; None when every run is complete. Said in
+    the table, results.json (`stopped`) and the plot title."""
+    early = [r for r in runs if not r.get("complete", True) and r.get("n_batches")]
+    if not early:
+        return None
+    return "stopped " + ", ".join((f"run {r['run']} " if len(runs) > 1 else "")
+                                  + f"at batch {len(r['batches'])} of {r['n_batches']}" for r in early)
+
+
 def _pct(value: Optional[float], signed: bool = False) -> str:
     if value is None:
         return "-"
@@ -204,8 +215,12 @@ def table(runs: List[dict]) -> str:
                      f"{np.median([b['front_s'] for b in r['batches']]):>14.3f} "
                      f"{last['pool_bytes'] / 2**20:>9.1f} {last['peak_rss_mb']:>13.0f}")
     s = summarize(runs)
+    stopped = stopped_note(runs)
+    if stopped:
+        lines.append(f"{stopped} (--max-batches): the same command continues")
     if s:
-        lines.append(f"final accuracy over {s['runs']} run(s): {100 * s['final_accuracy_mean']:.2f}% "
+        what = "final accuracy" if not stopped else f"accuracy after {s['batches']} batches"
+        lines.append(f"{what} over {s['runs']} run(s): {100 * s['final_accuracy_mean']:.2f}% "
                      f"+- {100 * s['final_accuracy_std']:.2f} (min {100 * s['final_accuracy_min']:.2f}, "
                      f"max {100 * s['final_accuracy_max']:.2f})")
         parts = []

@@ -202,7 +202,10 @@ class StreamApp:
     def record(self, view: np.ndarray) -> None:
         import cv2
 
+        from ...runtime.sources.video import quiet_opencv_logs
+
         if self._writer is None:
+            quiet_opencv_logs()
             h, w = view.shape[:2]
             self._writer = cv2.VideoWriter(self.opts.record, cv2.VideoWriter_fourcc(*"mp4v"), self.opts.record_fps,
                                            (w, h))

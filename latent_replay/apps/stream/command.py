@@ -15,7 +15,7 @@ from .live import EventLog, LivePredictor, open_primed
 from .options import StreamOptions
 from .schedule import load_schedule
 from .state import (STATE_MARKERS, _book_from, _check_args, _check_display, _check_plan, _input_size, _learner_dir,
-                    _saved_state, build_learner, resolve_artifacts, save_learner)
+                    _saved_state, build_learner, opencv_conflict, resolve_artifacts, save_learner)
 
 GIL_SWITCH_S = 0.001  # see _run
 METHODS = ("cwr", "ar1free", "ar1")
@@ -27,12 +27,18 @@ def stream_command(args: argparse.Namespace) -> int:
 
 def run_stream(opts: StreamOptions) -> int:
     """The whole session: checks, start-up, the live loop, and the saved state at the end."""
-    from ...folders import FolderLock, check_folder
+    from ...folders import FolderLock, check_folder, check_output_file
     from ...runtime.engine import Back, Front
     from ...runtime.state import check_replaceable
     from .teacher import Teacher
 
     _check_args(opts)
+    conflict = opencv_conflict()
+    if conflict:
+        print(f"warning: {conflict}", file=sys.stderr)
+    for option, path in (("--log", opts.log), ("--record", opts.record), ("--screenshot", opts.screenshot)):
+        if path:  # written during or after the session: a place they cannot go is refused before the export
+            check_output_file(path, option)
     schedule = load_schedule(opts.schedule) if opts.schedule else None
     from ..run.experiment import RUN_MARKERS
 

@@ -10,12 +10,16 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ...models import mobilenet_v1 as net
+from ..common import check_at_least, check_device, in_users_words
 from .common import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_REPLAY_SHUFFLE, STREAM_META, WINDOW, StreamError
 from .live import ClassBook
 from .options import StreamOptions
 from .schedule import Schedule
 
 STATE_MARKERS = ("learner", ".learner.previous", "artifacts/manifest.json")  # what makes a folder a --state
+# The learner settings the demo's options set, for their errors (SettingError).
+TYPED = {"lr_first": "--lr", "lr_later": "--lr", "epochs_first": "--epochs", "epochs": "--epochs",
+         "replay_memory": "--replay-memory"}
 
 
 def default_weights() -> str:
@@ -85,7 +89,7 @@ def make_config(opts: StreamOptions, method: str):
                                     replay_memory=opts.replay_memory, seed=opts.seed,
                                     replay_shuffle=DEFAULT_REPLAY_SHUFFLE, **LearnerConfig.small_stream_settings(lr))
     except ValueError as e:
-        raise StreamError(str(e)) from None
+        raise StreamError(in_users_words(e, TYPED)) from None
 
 
 def build_learner(opts: StreamOptions, artifacts: Path, manifest: Any, saved: Optional[Dict[str, Any]]):
@@ -153,6 +157,29 @@ def _input_size(opts: StreamOptions) -> int:
         return net.DEFAULT_INPUT_SIZE
 
 
+OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
+def opencv_conflict() -> Optional[str]:
+    """How to fix it, in one line, when more than one OpenCV wheel is installed (e.g. opencv-python for the
+    window on top of the package's opencv-python-headless): they all install the same `cv2` module, so
+    the last one installed is what runs and uninstalling either leaves a broken cv2. None otherwise."""
+    from importlib import metadata
+
+    found = []
+    for name in OPENCV_WHEELS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    if len(found) < 2:
+        return None
+    return (f"{' and '.join(found)} are installed together and share the cv2 module; keep one: "
+            f"pip uninstall -y {' '.join(found)} && pip install opencv-python (the window; "
+            f"opencv-python-headless for --headless only)")
+
+
 def _check_display(opts: StreamOptions) -> None:
     if opts.headless:
         return
@@ -163,16 +190,16 @@ def _check_display(opts: StreamOptions) -> None:
     try:
         cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
     except cv2.error:
-        raise StreamError("this OpenCV has no window support (opencv-python-headless): run with --headless, "
-                          "or `pip install opencv-python` for the window") from None
+        raise StreamError("this OpenCV has no window support (opencv-python-headless): run with --headless, or "
+                          "`pip uninstall -y opencv-python-headless opencv-python && pip install opencv-python` for "
+                          "the window") from None
 
 
 def _check_args(opts: StreamOptions) -> None:
-    for name in ("teach_frames", "smooth", "display_size"):
-        if getattr(opts, name) < 1:
-            raise StreamError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(opts, name)}")
-    if opts.classes is not None and opts.classes < 2:
-        raise StreamError(f"--classes must be at least 2, got {opts.classes}")
+    for name, minimum in (("teach_frames", 1), ("smooth", 1), ("display_size", 1), ("classes", 2), ("threads", 0),
+                          ("train_threads", 0)):
+        check_at_least(getattr(opts, name), minimum, f"--{name.replace('_', '-')}")
+    check_device(opts.device)
     if opts.schedule and not opts.headless:
         raise StreamError("--schedule drives the headless mode: add --headless")
     if opts.reconnect_seconds < 0 or opts.max_frames < 0:

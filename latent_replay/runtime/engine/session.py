@@ -17,8 +17,8 @@ def available_device(requested: str = "auto") -> str:
     """'cuda' when asked for (or 'auto') and the CUDA execution provider is present, else 'cpu'."""
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if requested == "cuda" and not has_cuda:
-        raise RuntimeError("--device cuda: this onnxruntime has no CUDA execution provider "
-                           "(install onnxruntime-gpu: see the README's GPU notes)")
+        raise RuntimeError("--device cuda: this onnxruntime has no CUDA execution provider; install onnxruntime-gpu "
+                           "in its place (pip install \".[gpu]\", see the README's GPU notes) or use --device cpu")
     if requested == "auto":
         return "cuda" if has_cuda else "cpu"
     if requested not in ("cpu", "cuda"):

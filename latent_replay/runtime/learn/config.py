@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
+from ..errors import SettingError
 from ..replay.pool import STORAGES
 from .methods import METHOD_NAMES, Method, method as method_named
 
@@ -146,7 +147,7 @@ class LearnerConfig:
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise ValueError naming the bad setting and the valid values."""
+        """Raise SettingError (a ValueError) naming the bad setting and the valid values."""
         _choice("method", self.method, METHOD_NAMES)
         _choice("replay", self.replay, REPLAYS)
         _choice("storage", self.storage, STORAGES)
@@ -159,28 +160,28 @@ class LearnerConfig:
         _choice("brn_std_start", self.brn_std_start, BRN_STD_STARTS)
         _choice("replay_rules", self.replay_rules, REPLAY_RULES)
         if self.replay != "no" and int(self.replay_memory) <= 0:
-            raise ValueError(f"replay memory size must be > 0, got {self.replay_memory} "
-                             f"(use replay 'no' to train without a memory)")
+            problem = f"must be > 0, got {self.replay_memory} (use replay 'no' to train without a memory)"
+            raise SettingError("replay_memory", problem, f"replay memory size {problem}")
         for name in ("minibatch", "epochs_first", "epochs"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("lr_first", "lr_later", "weight_decay", "head_lr_mult", "si_lambda", "si_xi",
                      "brn_ramp_step", "brn_warmup_iters"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise SettingError(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise SettingError("momentum", f"must be in [0, 1), got {self.momentum}")
         for name in ("brn_momentum_first", "brn_momentum_later"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise SettingError(name, f"must be in [0, 1], got {getattr(self, name)}")
         for name in ("brn_r_max_first", "brn_r_max"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SettingError(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("brn_d_max_first", "brn_d_max"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise SettingError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.si_clip <= 0:
-            raise ValueError(f"si_clip must be > 0, got {self.si_clip}")
+            raise SettingError("si_clip", f"must be > 0, got {self.si_clip}")
         if self.method == "cumulative" and self.replay != "no":
             raise ValueError("method 'cumulative' trains on all data seen so far and uses no replay "
                              "memory: set replay 'no'")
@@ -221,7 +222,8 @@ class LearnerConfig:
 
 def _choice(name: str, value: Any, valid: Tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(valid)}")
+        choose = f"choose one of {', '.join(valid)}"
+        raise SettingError(name, f"{value!r} is unknown; {choose}", f"unknown {name} {value!r}; {choose}")
 
 
 def _caffe_values(overrides: Dict[str, Any]) -> Dict[str, Any]:

@@ -114,8 +114,10 @@ class Core50Scenario(Scenario):
         if (root / "core50_128x128").is_dir():
             root = root / "core50_128x128"
         if not root.is_dir():
-            raise SourceError(f"CORe50 image folder {root} not found; download core50_128x128.zip from "
-                              f"{CORE50_URL} and unzip it (the folder holds s1..s11)")
+            what = "is not a folder" if root.exists() else "not found"
+            raise SourceError(f"CORe50 image folder {root} {what}; download core50_128x128.zip from "
+                              f"{CORE50_URL} and unzip it, then pass the folder that holds core50_128x128/ "
+                              f"(its s1..s11)")
         self.root = root
         self.scenario, self.run, self.test_kind = scenario, run, test_set
         self.name = f"core50-nicv2-{scenario}-run{run}"

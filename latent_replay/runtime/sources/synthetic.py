@@ -20,6 +20,7 @@ from typing import Any, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..errors import SettingError
 from .base import FrameBatch, Scenario, SourceError
 from .plan import nicv2_plan
 
@@ -95,19 +96,22 @@ class SyntheticScenario(Scenario):
                  difficulty: float = 1.0) -> None:
         if classes < 2 or not 1 <= first_classes <= classes:
             raise SourceError(f"need classes >= 2 and 1 <= first_classes <= classes, got {classes}, {first_classes}")
-        if train_sessions < 1 or test_sessions < 1 or frames_per_batch < 1 or test_frames < 1:
+        if train_sessions < 1 or test_sessions < 1 or test_frames < 1:
             raise SourceError("sessions and frame counts must be >= 1")
+        # The parameters a command passes on from its options: a SettingError names them.
+        if frames_per_batch < 1:
+            raise SettingError("frames_per_batch", f"must be at least 1, got {frames_per_batch}")
         if not 0.0 <= difficulty <= 1.0:
-            raise SourceError(f"difficulty must be in [0, 1], got {difficulty}")
+            raise SettingError("difficulty", f"must be in [0, 1], got {difficulty}")
         if input_size < 16:
-            raise SourceError(f"input_size {input_size} is too small (at least 16)")
+            raise SettingError("input_size", f"must be at least 16, got {input_size}")
         first = [(c, 0) for c in range(first_classes)]
         plan = nicv2_plan([(c, s) for s in range(train_sessions) for c in range(classes)], first, seed)
         pairs = [unit for batch in plan[1:] for unit in batch]
         n_batches = len(pairs) + 1 if n_batches is None else int(n_batches)
         if not 1 <= n_batches <= len(pairs) + 1:
-            raise SourceError(f"n_batches must be 1..{len(pairs) + 1} for {classes} classes and "
-                              f"{train_sessions} training sessions, got {n_batches}")
+            raise SettingError("n_batches", f"must be 1..{len(pairs) + 1} for {classes} classes and "
+                                            f"{train_sessions} training sessions, got {n_batches}")
         self.seed, self.input_size, self.num_classes = seed, int(input_size), classes
         self.first_classes, self.train_sessions, self.test_sessions = first_classes, train_sessions, test_sessions
         self.frames_per_batch, self.test_frames, self.noise = frames_per_batch, test_frames, noise

@@ -11,9 +11,21 @@ import numpy as np
 from .base import SourceError
 
 
+# FFmpeg, inside OpenCV's video backend, prints its own errors ("moov atom not found") to the C-level
+# stderr, past OpenCV's log level. OpenCV reads this variable once, at its first use of FFmpeg in the
+# process, and sets FFmpeg's log level from it: -8 is AV_LOG_QUIET. A value the user set is kept.
+FFMPEG_LOG_LEVEL = ("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+def _quiet_ffmpeg() -> None:
+    os.environ.setdefault(*FFMPEG_LOG_LEVEL)
+
+
 def quiet_opencv_logs() -> None:
-    """Keep OpenCV's own warnings ("[ WARN] ... can't open/read file") out of the user's terminal
-    for good: every failure they describe reaches the user as our own one-line error."""
+    """Keep OpenCV's own warnings ("[ WARN] ... can't open/read file") and FFmpeg's messages out of the
+    user's terminal for good: every failure they describe reaches the user as our own one-line error.
+    Call it before the process first opens a video (capture or writer)."""
+    _quiet_ffmpeg()
     log = getattr(getattr(cv2, "utils", None), "logging", None)
     if log is not None:
         log.setLogLevel(log.LOG_LEVEL_ERROR)
@@ -23,6 +35,7 @@ def quiet_opencv_logs() -> None:
 
 @contextmanager
 def _quiet_opencv() -> Iterator[None]:
+    _quiet_ffmpeg()  # for good: FFmpeg's level is set once per process
     log = getattr(getattr(cv2, "utils", None), "logging", None)
     if log is None:
         yield
