@@ -31,10 +31,13 @@ GRAPH = "latent_replay/export/step_graph.py"
 LAYERS = "latent_replay/export/step_layers.py"
 LEARN = "latent_replay/runtime/learn/"
 POOL = "latent_replay/runtime/replay/pool.py"
+NET = "latent_replay/models/mobilenet_v1.py"
+KERAS = "latent_replay/models/keras.py"
+SOURCES = "latent_replay/runtime/sources/"
 # Test files run first (fast unit tests, then the oracles); every other test file follows in name order.
 FIRST = ("test_minibatch.py", "test_pool.py", "test_cwr.py", "test_si.py", "test_schedule_oracle.py", "test_port_preset.py",
-         "test_ar1_torch.py", "test_step_graph.py", "test_learners.py", "test_engines.py",
-         "test_cuda_graph_inputs.py")
+         "test_ar1_torch.py", "test_step_graph.py", "test_keras_import.py", "test_folder_source.py", "test_learners.py",
+         "test_engines.py", "test_cuda_graph_inputs.py")
 
 
 class Mutation(NamedTuple):
@@ -106,7 +109,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation("brn-backward-no-k2", "BRN backward without the K2 (x_hat) term", LAYERS,
              'self._affine(yc, k2, k3, c, f"{n}/yc_k2_k3")', 'b.op("Expand", [k3, b.shape(1, 1)], f"{n}/k3_only")'),
     Mutation("dw-shift-off-by-one", "depthwise matrix form: shift matrix rows off by one", LAYERS,
-             "iy, ix = s * oy + i - 1, s * ox + j - 1", "iy, ix = s * oy + i, s * ox + j - 1"),
+             "iy, ix = s * oy + i - pad, s * ox + j - pad", "iy, ix = s * oy + i - pad + 1, s * ox + j - pad"),
     Mutation("dw-slices-backward-unflipped", "depthwise slices form: backward windows not flipped "
              "(correlation instead of convolution)", LAYERS,
              '[2 - i, 2 - j])\n                    ends = b.ints(f"{n}/back_ends_{i}{j}", [2 - i + h, 2 - j + h])',
@@ -131,6 +134,30 @@ MUTATIONS: Tuple[Mutation, ...] = (
              "n_empty = 0 if fixed else min(h,", "n_empty = min(h,"),
     Mutation("port-std-start-with-eps", "port preset: running std starts at sqrt(var + eps)", LEARN + "learner.py",
              "std * std - BRN_EPS", "std * std"),
+    # the architecture of the weights: width, TF 'same' padding, ReLU6 (tests/test_step_graph.py, test_keras_import.py)
+    Mutation("tf-pad-before", "TF 'same' padding: the odd pixel before instead of after", NET,
+             "    return total // 2, total - total // 2", "    return total - total // 2, total // 2"),
+    Mutation("dw-matrix-caffe-pad", "depthwise matrix form: padding 1 before whatever the layer's padding", LAYERS,
+             "h, ho, s, pad = layer.in_hw, layer.out_hw, layer.stride, layer.pad_begin",
+             "h, ho, s, pad = layer.in_hw, layer.out_hw, layer.stride, 1"),
+    Mutation("dw-slices-backward-caffe-pad", "depthwise slices form: input gradient placed as for padding 1", LAYERS,
+             "before, after = 2 - layer.pad_begin, h + layer.pad_begin - s * ho", "before, after = 1, h + 1 - s * ho"),
+    Mutation("relu6-mask-ignores-clip", "ReLU6 backward: gradient through the units clipped at 6", LAYERS,
+             '[out, b.op("Sub", [b.scalar(net.RELU6_MAX), out], f"{n}/headroom")]', "[out, b.scalar(1.0)]"),
+    Mutation("relu6-front-as-relu", "the front's ReLU6 computed as ReLU", "latent_replay/models/graph.py",
+             'if layer.activation == "relu6":\n        low', 'if False:\n        low'),
+    Mutation("keras-kernel-hw-swapped", "Keras import: HWIO kernels transposed with kh and kw swapped", KERAS,
+             "    return np.ascontiguousarray(k.transpose(3, 2, 0, 1))", "    return np.ascontiguousarray(k.transpose(3, 2, 1, 0))"),
+    Mutation("tfjs-dequant-no-min", "TF.js import: affine dequantization without the offset", KERAS,
+             'values * np.float32(quant["scale"]) + np.float32(quant["min"])', 'values * np.float32(quant["scale"])'),
+    Mutation("keras-eps-default", "Keras import: BatchNormalization epsilon always 1e-3", KERAS,
+             'return float(layers.get(name, ("", {}))[1].get("epsilon", KERAS_EPS))', "return KERAS_EPS"),
+    # the user's folders (tests/test_folder_source.py)
+    Mutation("folder-test-leak", "folder stream: held-out test images also trained on", SOURCES + "folder.py",
+             "entries = [e for i, e in enumerate(entries) if i not in held]", "pass"),
+    Mutation("folder-batch0-all-sessions", "folder stream: batch 0 takes every session of the first classes",
+             SOURCES + "folder.py", "batch0 = [min(u for u in self._units if u[0] == c) for c in range(first)]",
+             "batch0 = [u for u in self._units if u[0] < first]"),
 )
 
 # Bugs the suite is allowed to miss: name -> why a test that catches it would be fragile (with the

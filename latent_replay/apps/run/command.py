@@ -93,7 +93,7 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from ...folders import FolderLock
-    from .experiment import Saved, check_existing, prepare
+    from .experiment import Saved, check_existing, prepare, small_stream_note
 
     opts = options_from_args(args)
     check_device(opts.device)
@@ -104,6 +104,9 @@ def run_command(args: argparse.Namespace) -> int:
               f"{opts.synthetic_difficulty}; method {opts.method} at {opts.latent_layer}, M={opts.replay_memory}, "
               f"lr {SYNTHETIC_SETTINGS['lr_first']}, BRN momentum {SYNTHETIC_SETTINGS['brn_momentum_later']} "
               f"unless --set)", file=sys.stderr)
+    note = small_stream_note(opts, prepared)
+    if note:
+        print(note, file=sys.stderr)
     if opts.out is None:
         print(f"output folder: {out} (--out to choose another)", file=sys.stderr)
     saved = Saved()

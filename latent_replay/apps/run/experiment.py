@@ -23,6 +23,8 @@ from ..common import in_users_words
 from .options import SYNTHETIC_OPTIONS, RunError, RunOptions
 
 TEST_CACHE_LIMIT = 2 << 30  # test latents bigger than this are recomputed per evaluation
+SMALL_BATCH = 100  # images: CORe50's NICv2 batches hold 300, for which the presets' learning rates are tuned
+SMALL_STREAM_SETTINGS = "--set lr_first=0.005 --set lr_later=0.005 --set brn_momentum_later=0.01"
 RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json")  # what makes a folder a run folder
 
 
@@ -145,6 +147,22 @@ def prepare(opts: RunOptions, out: Path) -> List[Prepared]:
         prepared.append(Prepared(run, scenario, config, manifest.classes if manifest is not None else classes))
     check_existing(opts, out, prepared)
     return prepared
+
+
+def small_stream_note(opts: RunOptions, prepared: List[Prepared]) -> Optional[str]:
+    """A warning for a stream whose batches are so small that the preset's later learning rate
+    learns almost nothing from them (None when the batches are large or --set chose the rate)."""
+    if not prepared or "lr_later" in opts.overrides:
+        return None
+    sizes = prepared[0].scenario.batch_sizes()
+    if not sizes or len(sizes) < 2:
+        return None
+    typical = int(np.median(sizes[1:]))
+    if typical >= SMALL_BATCH:
+        return None
+    return (f"note: the batches of this stream hold about {typical} images, CORe50's 300: at the {opts.preset} "
+            f"preset's later learning rate {prepared[0].config.lr_later:g} they teach the model almost nothing; "
+            f"train every batch at one higher rate, e.g. {SMALL_STREAM_SETTINGS} (README: 'Your own images')")
 
 
 def check_existing(opts: RunOptions, out: Path, prepared: List[Prepared]) -> None:

@@ -72,6 +72,10 @@ class Scenario(abc.ABC):
     def test_size(self) -> int:
         return len(self.test_labels())
 
+    def batch_sizes(self) -> Optional[List[int]]:
+        """Frames per training batch when known without decoding them (None otherwise)."""
+        return None
+
     def _check_index(self, i: int) -> int:
         if not 0 <= i < self.n_batches:
             raise SourceError(f"{self.name}: batch {i} out of range (0..{self.n_batches - 1})")

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -195,7 +195,5 @@ class FolderScenario(Scenario):
         for s in range(0, len(self._test), chunk):
             yield self.images.decode(self._test[s:s + chunk], f"{self.name}/test[{s}]")
 
-
-def train_sizes(scenario: "FolderScenario") -> Sequence[int]:
-    """Images per training batch (for the small-stream warning)."""
-    return [len(scenario.batch_entries(i)) for i in range(scenario.n_batches)]
+    def batch_sizes(self) -> List[int]:
+        return [len(self.batch_entries(i)) for i in range(self.n_batches)]
