@@ -52,9 +52,10 @@ def row_from_results(path: Path, label: str, figure_label: str = "") -> Dict:
             "train_s": s["train_seconds_median_per_batch"], "accuracy": s["mean_curve"]}
 
 
-def run_all(out: Path, extra: Sequence[str]) -> List[Dict]:
+def run_all(out: Path, extra: Sequence[str], methods: Sequence = METHODS) -> List[Dict]:
+    """One `latent-replay run` per method (its arguments + `extra`), each afresh in OUT/mK; their rows."""
     rows = []
-    for i, (figure_label, label, args) in enumerate(METHODS):
+    for i, (figure_label, label, args) in enumerate(methods):
         target = out / f"m{i}"
         code = cli(["run"] + list(args) + ["--out", str(target), "--quiet", "--fresh"] + list(extra))
         if code != 0:
@@ -96,22 +97,27 @@ def commit() -> str:
     return (_git("rev-parse", "--short", "HEAD") or "unknown") + dirty
 
 
-def provenance(made_at: str, load: Sequence[float]) -> str:
+def provenance(made_at: str, load: Sequence[float], command: str = "synthetic_methods.py --readme README.md") -> str:
     """Which commit made the table, when, on how many cores and under which load."""
-    return (f"Made by `python benchmarks/synthetic_methods.py --readme README.md` at commit {made_at} "
+    return (f"Made by `python benchmarks/{command}` at commit {made_at} "
             f"({datetime.date.today().isoformat()}, {os.cpu_count()} cores, 1-minute load average "
             f"{min(load):.1f}-{max(load):.1f} at the start and end of the runs).")
 
 
-def replace_block(text: str, block: str) -> str:
-    """`text` with what stands between BEGIN and END replaced by `block`; ValueError without the markers."""
-    pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with what stands between `begin` and `end` replaced by `block`; ValueError without the markers."""
+    pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.S)
     if len(pattern.findall(text)) != 1:
-        raise ValueError(f"the README needs exactly one {BEGIN} ... {END} block")
-    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text)
+        raise ValueError(f"the README needs exactly one {begin} ... {end} block")
+    return pattern.sub(lambda _: f"{begin}\n{block}\n{end}", text)
 
 
-def plot(rows: List[Dict], path: Path) -> None:
+def write_readme(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    path.write_text(replace_block(path.read_text(encoding="utf-8"), block, begin, end), encoding="utf-8")
+    print(f"table written into {path}")
+
+
+def plot(rows: List[Dict], path: Path, title: str = "synthetic stream (10 objects, 26 batches, random weights)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +129,7 @@ def plot(rows: List[Dict], path: Path) -> None:
     ax.set_xlabel("training batch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 102)
-    ax.set_title("synthetic stream (10 objects, 26 batches, random weights)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -145,9 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     block = f"{markdown_table(rows)}\n\n{provenance(made_at, load)}"
     print(block)
     if args.readme:
-        readme = Path(args.readme)
-        readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block), encoding="utf-8")
-        print(f"table written into {readme}")
+        write_readme(Path(args.readme), block)
     print(f"figure: {args.png}")
     return 0
 
