@@ -672,3 +672,24 @@ def test_cuda_variants_switch_tf32_and_graphs_one_at_a_time(tmp_path, monkeypatc
     lines = report._cuda_table({"conv5_4/dw": out})
     assert len(lines) == 5 and "worker failed" in lines[4]
     assert lines[1].split()[:3] == ["conv5_4/dw", "tf32-graphs", "0.200"] and lines[1].split()[-2:] == ["yes", "yes"]
+
+
+def test_width_reaches_every_worker_and_the_cost_model(tmp_path, monkeypatch):
+    """`bench --width 0.5`: every worker measures the width-0.5 network (its spec says so, and the
+    exported weights are that width), and the MAC rates are computed with its multiply-adds (counted
+    here from the independent Keras channel table, 16..512 channels)."""
+    fake = FakeWorkers()
+    exported = []
+    monkeypatch.setattr(run, "run_worker", fake)
+    monkeypatch.setattr(run, "_export_step", lambda layers, tmp, width: exported.append(width) or
+                        {layer: f"/step/{layer}" for layer in layers})
+    monkeypatch.setattr(run, "training_python", lambda path: {"skipped": "no training python"})
+    args = _args(tmp_path, "pool6")
+    args.width = 0.5
+    r = run.benchmark(args, log=lambda msg: None)
+    assert exported == [0.5] and r["width"] == 0.5
+    assert {c.get("width") for c in fake.calls if c["kind"] != "export"} == {0.5}
+    assert workers.bench_weights(0.5).convs["conv6/sep"].weight.shape == (512, 512, 1, 1)
+    layers = spec.keras_layers(0.5)  # MACs do not depend on the padding rule
+    macs = sum(int(np.prod(l.weight_shape)) * l.out_hw ** 2 for l in layers) + 512 * 4 * 4
+    assert r["derived"]["front"]["pool6"]["front_macs_per_frame"] == macs

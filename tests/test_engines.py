@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from latent_replay.export.exporter import export
+from latent_replay.models import mobilenet_v1 as net
 from latent_replay.runtime.engine import Back
 from latent_replay.runtime.learn import Learner, LearnerConfig
 from helpers import make_weights
@@ -47,19 +48,24 @@ def exported(tmp_path_factory):
     """Artifacts for both engines, one export per latent layer."""
     cache = {}
 
-    def get(layer):
-        if layer not in cache:
-            cache[layer] = tmp_path_factory.mktemp("engines") / "art"
-            export(make_weights(2), layer, CLASSES, cache[layer], engines=("step", "ort-training"))
-        return cache[layer]
+    def get(layer, arch=net.DEFAULT_ARCH):
+        if (layer, arch) not in cache:
+            cache[layer, arch] = tmp_path_factory.mktemp("engines") / "art"
+            export(make_weights(2, arch=arch), layer, CLASSES, cache[layer, arch], engines=("step", "ort-training"))
+        return cache[layer, arch]
     return get
 
 
-@pytest.mark.parametrize("layer,method,overrides", [("conv5_6/dw", "ar1free", {}), ("pool6", "cwr", {}),
-                                                    ("conv5_6/dw", "ar1", {"si_mode": "penalty"}),
-                                                    ("conv5_6/dw", "ar1", {"si_mode": "scale"})])
-def test_whole_batches_agree(exported, layer, method, overrides):
-    artifacts = exported(layer)
+KERAS = net.keras_architecture(0.5)  # TF 'same' padding (conv5_6/dw: 0 before, 1 after) and ReLU6
+
+
+@pytest.mark.parametrize("layer,method,overrides,arch", [
+    ("conv5_6/dw", "ar1free", {}, net.DEFAULT_ARCH), ("pool6", "cwr", {}, net.DEFAULT_ARCH),
+    ("conv5_6/dw", "ar1", {"si_mode": "penalty"}, net.DEFAULT_ARCH),
+    ("conv5_6/dw", "ar1", {"si_mode": "scale"}, net.DEFAULT_ARCH), ("conv5_4/dw", "ar1free", {}, KERAS)],
+    ids=["ar1free", "cwr", "ar1-penalty", "ar1-scale", "keras0.5-ar1free"])
+def test_whole_batches_agree(exported, layer, method, overrides, arch):
+    artifacts = exported(layer, arch)
     cfg = LearnerConfig.preset("pytorch", method=method, replay_memory=30, minibatch=16, epochs=2, epochs_first=2,
                                lr_first=0.02, lr_later=0.01, brn_momentum_later=0.05, weight_decay=0.02, si_lambda=20.0, si_clip=0.5,
                                **overrides)

@@ -100,12 +100,14 @@ def test_bad_layouts(tmp_path, layout, words):
 
 
 def test_run_on_a_folder_end_to_end(tmp_path, capsys):
-    """`run CWR folder:DIR`: trains, records the plan and the class names, and predict names the
-    folder's classes."""
+    """`run CWR folder:DIR` (random weights of width 0.5): trains, records the plan and the class names,
+    and predict names the folder's classes."""
     root = make_folder(tmp_path / "objs", classes=3, sessions=2, images=5)
     out = tmp_path / "out"
     assert main(["run", "CWR", f"folder:{root}", "--first-classes", "2", "--input-size", "32", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--quiet", "--width", "0.5"]) == 0
+    manifest = json.loads((out / "artifacts" / "manifest.json").read_text())
+    assert manifest["architecture"]["width"] == 0.5 and manifest["latent_shape"] == [512]
     results = json.loads((out / "results.json").read_text())
     assert results["scenario"] == "folder" and results["folder"] == str(root)
     run = results["runs"][0]

@@ -79,6 +79,8 @@ def test_tfjs_uint8_quantized_weights_are_dequantized(tmp_path, frames):
     assert rel_err(seen["conv_pw_3"]["kernel"], arrays["conv_pw_3"]["kernel"]) > 1e-4  # quantization moved it
     weights = _check(tmp_path / "tfjs", seen, frames, tmp_path, 0.5)
     assert weights.class_names == labels
+    # --classes 1000 keeps the classifier and its names: `predict --artifacts` names ImageNet-style classes
+    assert json.loads((tmp_path / "art" / "manifest.json").read_text())["class_names"] == labels
 
 
 def test_eps_and_activation_come_from_the_file(tmp_path, frames):

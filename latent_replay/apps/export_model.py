@@ -132,11 +132,12 @@ def state_classes(state: Mapping[str, Any], outputs: int, head: str) -> ModelCla
 
 
 def head_classes(artifacts: Path, manifest: Manifest) -> ModelClasses:
-    """The classes of exported artifacts used as they are: `class_N`, trained = the non-zero head rows
-    (zero for random weights; the seed's Caffe model brings a trained CORe50 head)."""
+    """The classes of exported artifacts used as they are: the names the weights brought with their
+    classifier, else `class_N`; trained = the non-zero head rows (zero for random weights; the seed's
+    Caffe model brings a trained CORe50 head, Keras's an ImageNet one)."""
     head = np.asarray(_initial_arrays(artifacts, manifest)[manifest.head])
-    return ModelClasses(_padded([], manifest.classes), np.flatnonzero(np.abs(head).sum(1) > 0).tolist(),
-                        "artifacts")
+    return ModelClasses(_padded(manifest.class_names, manifest.classes),
+                        np.flatnonzero(np.abs(head).sum(1) > 0).tolist(), "artifacts")
 
 
 def set_metadata(model: onnx.ModelProto, manifest: Manifest, classes: ModelClasses,

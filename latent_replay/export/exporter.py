@@ -261,6 +261,7 @@ def _manifest(weights: MobileNetWeights, latent_layer: str, classes: int, input_
         engines=engines,
         head=g.HEAD_WEIGHT,
         architecture=weights.arch.to_dict(),
+        class_names=list(weights.class_names or []) if weights.head_for(classes)[2] else [],
         versions={"latent_replay": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                   "numpy": np.__version__, "opset": str(g.OPSET)},
         cost={"front_macs": cost.front_macs, "back_macs": cost.back_macs,

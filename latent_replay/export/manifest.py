@@ -51,6 +51,8 @@ class Manifest:
     # width, padding rule and activation (models.mobilenet_v1.Architecture); older exports: width 1.0, Caffe's
     architecture: Dict[str, object] = field(default_factory=lambda: {"width": 1.0, "padding": "symmetric",
                                                                      "activation": "relu"})
+    # names of the outputs when the weights' own classifier was kept (e.g. --classes 1000 with ImageNet names)
+    class_names: List[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
