@@ -283,11 +283,7 @@ def caffe_layers_to_weights(layers: Sequence[CaffeLayer], path: Union[str, Path]
         notes={"format": "caffemodel", "normalization": ",".join(norm_types), "head": head_name or "none"},
         arch=arch,
     )
-    try:
-        weights.validate()
-    except ValueError as e:
-        raise WeightsError(f"{path}: {e}") from None
-    return weights
+    return weights.checked("is this a MobileNetV1 caffemodel?")
 
 
 def load_caffemodel(path: Union[str, Path]) -> MobileNetWeights:

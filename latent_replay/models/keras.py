@@ -143,11 +143,7 @@ def keras_arrays_to_weights(arrays: LayerArrays, source: str, topology: Optional
                                head_weight, head_bias,
                                notes={"format": fmt, "head": HEAD_LAYER if head_weight is not None else "none"},
                                arch=arch, class_names=names)
-    try:
-        weights.validate()
-    except ValueError as e:
-        raise WeightsError(f"{e}; is it a complete Keras MobileNet?") from None
-    return weights
+    return weights.checked("is it a complete Keras MobileNet?")
 
 
 def _split_name(name: str) -> Tuple[str, str]:

@@ -101,11 +101,7 @@ def state_dict_to_weights(state: Mapping[str, np.ndarray], source: str) -> Mobil
     head_bias = np.asarray(state[head + "bias"], np.float32) if head + "bias" in state else None
     weights = MobileNetWeights(convs, TORCH_PREPROCESSING, f"{family}:{source}", head_weight, head_bias,
                                notes={"format": family}, arch=arch)
-    try:
-        weights.validate()
-    except ValueError as e:
-        raise WeightsError(f"{e}; is it a complete MobileNetV1 of width {arch.width:g}?") from None
-    return weights
+    return weights.checked(f"is it a complete MobileNetV1 of width {arch.width:g}?")
 
 
 def _unwrap(obj: object) -> Mapping[str, object]:

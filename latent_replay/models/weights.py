@@ -118,6 +118,14 @@ class MobileNetWeights:
             if np.any(p.var < 0) or not all(np.all(np.isfinite(getattr(p, k))) for k in ("weight", "mean", "var", "gamma", "beta")):
                 raise ValueError(f"weights from {self.source}: layer {layer.name!r} holds invalid values")
 
+    def checked(self, hint: str) -> "MobileNetWeights":
+        """These weights, validated by an importer: WeightsError with `hint` (what the file should be)."""
+        try:
+            self.validate()
+        except ValueError as e:
+            raise WeightsError(f"{e}; {hint}") from None
+        return self
+
     def head_for(self, classes: int, rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray, bool]:
         """mid_fc7 weight and bias for `classes` outputs; reuse the imported head only if it matches.
 
