@@ -13,7 +13,7 @@ after) and the activation (ReLU; Keras clips at 6, ReLU6).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 DEFAULT_INPUT_SIZE = 128
 DEFAULT_CLASSES = 50
@@ -52,18 +52,8 @@ class Architecture:
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: Optional[Mapping[str, object]]) -> "Architecture":
-        """The architecture a manifest or state records (none recorded: the width-1.0 Caffe layout)."""
-        d = dict(d or {})
-        return cls(float(d.get("width", 1.0)), str(d.get("padding", "symmetric")), str(d.get("activation", "relu")))
 
-    def describe(self) -> str:
-        return f"width {self.width:g}, {self.padding} padding, {self.activation.upper()}"
-
-
-CAFFE_ARCH = Architecture()  # also timm's and pytorchcv's layout
-DEFAULT_ARCH = CAFFE_ARCH
+DEFAULT_ARCH = Architecture()  # Caffe's layout, also timm's and pytorchcv's
 
 
 def keras_architecture(width: float) -> Architecture:
@@ -167,25 +157,20 @@ def conv_layers(input_size: int = DEFAULT_INPUT_SIZE, arch: Architecture = DEFAU
 
 
 def infer_width(out_channels: Mapping[str, int], source: str) -> float:
-    """The width multiplier whose channel counts a weight file's layers have (conv name -> output
-    channels, any subset); ValueError naming the first layer that fits no width."""
+    """The width multiplier whose channel counts a weight file's layers have (name of conv1 or a
+    /sep layer -> output channels, any subset); ValueError naming a layer that fits no width."""
     base = {name: out for name, kind, out, _ in _CONV_SPEC if kind != "dw"}
     for width in WIDTHS:
-        arch = Architecture(width)
-        if all(arch.channels(base[_pointwise(name)]) == c for name, c in out_channels.items()):
+        if all(Architecture(width).channels(base[name]) == c for name, c in out_channels.items()):
             return width
-    name, c = next(iter(out_channels.items())) if out_channels else ("conv1", 0)
-    expected = ", ".join(str(Architecture(w).channels(base[_pointwise(name)])) for w in WIDTHS)
-    raise ValueError(f"{source} is not a MobileNetV1 of width {', '.join(str(w) for w in WIDTHS)}: layer {name!r} has "
-                     f"{c} output channels, not one of {expected}")
-
-
-def _pointwise(name: str) -> str:
-    """The layer whose channel count a depthwise layer keeps (the one before it)."""
-    if not name.endswith("/dw"):
-        return name
-    names = conv_names()
-    return next(n for n in reversed(names[:names.index(name)]) if not n.endswith("/dw"))
+    widths = ", ".join(str(w) for w in WIDTHS)
+    for name, c in out_channels.items():
+        expected = [Architecture(w).channels(base[name]) for w in WIDTHS]
+        if c not in expected:
+            raise ValueError(f"{source} is not a MobileNetV1 of width {widths}: layer {name!r} has {c} output "
+                             f"channels, not one of {', '.join(map(str, expected))}")
+    shown = ", ".join(f"{n} {c}" for n, c in out_channels.items())
+    raise ValueError(f"{source} is not a MobileNetV1 of one width ({widths}): its layers' channels ({shown}) mix widths")
 
 
 def check_latent_layer(name: str) -> str:
