@@ -282,7 +282,7 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
     return {"run": run, "batches": records, "complete": len(records) == scenario.n_batches,
             "scenario": scenario.name, "n_batches": scenario.n_batches, "test_size": test.size,
             "config": config.to_dict(), "artifacts": str(artifacts), "engine": learner.back.name,
-            "class_names": class_names, "plan": scenario.describe() if hasattr(scenario, "describe") else None}
+            "class_names": class_names, "plan": scenario.describe()}
 
 
 def output_names(scenario_names: List[str], outputs: int) -> List[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import abc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -74,6 +74,10 @@ class Scenario(abc.ABC):
 
     def batch_sizes(self) -> Optional[List[int]]:
         """Frames per training batch when known without decoding them (None otherwise)."""
+        return None
+
+    def describe(self) -> Optional[Dict[str, object]]:
+        """The stream's plan for results.json when the source makes one (None: fixed lists, seeds)."""
         return None
 
     def _check_index(self, i: int) -> int:
