@@ -13,6 +13,7 @@ from the kernels' channel counts.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -126,7 +127,7 @@ def keras_arrays_to_weights(arrays: LayerArrays, source: str, topology: Optional
         width = net.infer_width({n: k.shape[0] for n, k in kernels.items() if not n.endswith("/dw")}, source)
     except ValueError as e:
         raise WeightsError(str(e)) from None
-    arch = net.Architecture(width, net.keras_architecture(width).padding, _activation(layers))
+    arch = dataclasses.replace(net.keras_architecture(width), activation=_activation(layers))
     convs = {}
     for name, weight in kernels.items():
         bn = KERAS_LAYERS[name] + "_bn"
