@@ -8,7 +8,7 @@ DIR is a `latent-replay run METHOD folder:DIR` folder (e.g. COIL-100 laid out by
 benchmarks/coil_folders.py). Each row is one `latent-replay run` started afresh under --out, on the
 same stream (same seed, same held-out test images): CWR* and AR1*-free with the CORe50 preset as it
 is and with the small-stream settings (one learning rate for every batch, BRN statistics that follow:
-`SMALL_STREAM_SETTINGS` of the run command), naive, AR1* and cumulative with the small-stream settings.
+`small_stream_flags` of the run command), naive, AR1* and cumulative with the small-stream settings.
 The table and the provenance line are what the runs' results.json files hold; `--readme` writes them
 between the README's markers.
 """
@@ -25,20 +25,20 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 import synthetic_methods as common  # noqa: E402
-from latent_replay.apps.run.experiment import SMALL_STREAM_SETTINGS  # noqa: E402
+from latent_replay.apps.run.experiment import small_stream_flags as small  # noqa: E402
 
-SMALL = SMALL_STREAM_SETTINGS.split()
 METHODS = [  # (label in the figure, label in the README table, run arguments)
     ("naive fine-tuning (no replay), conv5_4/dw", "`naive --replay no` (fine-tuning, forgets), small-stream lr",
-     ["naive", "--replay", "no"] + SMALL),
+     ["naive", "--replay", "no"] + small("naive")),
     ("CWR* (head only), pool6, CORe50 preset", "`CWR` (CWR\\*, head only), CORe50 preset", ["CWR"]),
-    ("CWR* (head only), pool6", "`CWR`, small-stream lr", ["CWR"] + SMALL),
-    ("AR1* (CWR* + SI) + latent replay, conv5_4/dw", "`AR1` (AR1\\* + latent replay), small-stream lr", ["AR1"] + SMALL),
+    ("CWR* (head only), pool6", "`CWR`, small-stream lr", ["CWR"] + small("cwr")),
+    ("AR1* (CWR* + SI) + latent replay, conv5_4/dw", "`AR1` (AR1\\* + latent replay), small-stream lr",
+     ["AR1"] + small("ar1")),
     ("AR1*-free + latent replay, conv5_4/dw, CORe50 preset", "`AR1F` (AR1\\*-free + latent replay), CORe50 preset",
      ["AR1F"]),
-    ("AR1*-free + latent replay, conv5_4/dw", "`AR1F`, small-stream lr", ["AR1F"] + SMALL),
+    ("AR1*-free + latent replay, conv5_4/dw", "`AR1F`, small-stream lr", ["AR1F"] + small("ar1free")),
     ("cumulative (upper bound), conv5_4/dw", "`cumulative` (retrains on everything: the upper bound), small-stream lr",
-     ["cumulative"] + SMALL),
+     ["cumulative"] + small("cumulative")),
 ]
 BEGIN, END = "<!-- folder-methods table: begin -->", "<!-- folder-methods table: end -->"
 

@@ -39,7 +39,8 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-layer", "--latent_layer", dest="latent_layer", default=None,
                    help="latent replay layer (default conv5_4/dw; pool6 for CWR, data for pure replay)")
     p.add_argument("--replay-memory", "--replay_memory", dest="replay_memory", type=int, default=None,
-                   help=f"replay memory size M, > 0 (default 1500; {SYNTHETIC_MEMORY} on the synthetic stream)")
+                   help=f"replay memory size M, > 0 (default 1500, the paper's; {SYNTHETIC_MEMORY} on the synthetic "
+                        f"stream)")
     p.add_argument("--runs", default="0", help="NICv2 runs (batch orders), e.g. 0-4 (averaged); default 0")
     p.add_argument("--preset", choices=list(PRESETS), default="pytorch",
                    help="pytorch (default): the PyTorch port's hyper-parameters with the paper's rules; port: the "

@@ -24,7 +24,18 @@ from .options import SYNTHETIC_OPTIONS, RunError, RunOptions
 
 TEST_CACHE_LIMIT = 2 << 30  # test latents bigger than this are recomputed per evaluation
 SMALL_BATCH = 100  # images: CORe50's NICv2 batches hold 300, for which the presets' learning rates are tuned
-SMALL_STREAM_SETTINGS = "--set lr_first=0.005 --set lr_later=0.005 --set brn_momentum_later=0.01"
+SMALL_STREAM_LR = 0.005  # measured on COIL-100 batches of 14 images (README: 'Your own images')
+
+
+def small_stream_flags(method: str) -> List[str]:
+    """The `--set` flags of `LearnerConfig.small_stream_settings` at SMALL_STREAM_LR (SI's penalty
+    weight only for a method with SI)."""
+    from ...runtime.learn.methods import method as method_named
+
+    settings = LearnerConfig.small_stream_settings(SMALL_STREAM_LR)
+    if not method_named(method).si:
+        settings.pop("si_lambda")
+    return [flag for key, value in settings.items() for flag in ("--set", f"{key}={value:g}")]
 RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json")  # what makes a folder a run folder
 
 
@@ -162,7 +173,8 @@ def small_stream_note(opts: RunOptions, prepared: List[Prepared]) -> Optional[st
         return None
     return (f"note: the batches of this stream hold about {typical} images, CORe50's 300: at the {opts.preset} "
             f"preset's later learning rate {prepared[0].config.lr_later:g} they teach the model almost nothing; "
-            f"train every batch at one higher rate, e.g. {SMALL_STREAM_SETTINGS} (README: 'Your own images')")
+            f"train every batch at one higher rate, e.g. {' '.join(small_stream_flags(opts.method))} (README: "
+            f"'Your own images')")
 
 
 def check_existing(opts: RunOptions, out: Path, prepared: List[Prepared]) -> None:

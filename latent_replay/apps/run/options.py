@@ -19,6 +19,7 @@ from ..common import UserError, check_at_least, in_users_words
 SCENARIOS = (79, 196, 391)
 REPLAYS = ("no", "pure", "latent")
 SYNTHETIC_MEMORY = 300
+DEFAULT_MEMORY = 1500  # the paper's M, for CORe50 and image folders
 SYNTHETIC_SIZE = 64
 SYNTHETIC_DIFFICULTY = 0.1
 SYNTHETIC_SETTINGS = LearnerConfig.small_stream_settings(0.01)  # see that method for why
@@ -232,7 +233,8 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         net.check_latent_layer(latent_layer)
     except ValueError as e:
         raise RunError(str(e)) from None
-    memory = args.replay_memory if args.replay_memory is not None else (1500 if core50 else SYNTHETIC_MEMORY)
+    memory = args.replay_memory if args.replay_memory is not None else \
+        (DEFAULT_MEMORY if core50 or folder else SYNTHETIC_MEMORY)
     if memory <= 0:
         raise RunError(f"--replay-memory must be > 0, got {memory}")
     for value, minimum, option in ((args.save_every, 1, "--save-every"), (args.max_batches, 1, "--max-batches"),
