@@ -136,12 +136,12 @@ def test_folder_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, args, 
 
 
 def test_a_stream_of_small_batches_is_warned_about_at_start(tmp_path, capsys):
-    """Batches far smaller than CORe50's 300 images at the preset's later rate (5e-5): one note with the
-    settings to use; none once --set chooses the later rate."""
+    """Batches far smaller than CORe50's 300 images at the preset's rates: one note with the settings to
+    use; none once --set chooses the later rate."""
     root = make_folder(tmp_path / "objs", classes=3, sessions=2, images=5)
     args = ["run", "CWR", f"folder:{root}", "--first-classes", "2", "--input-size", "32", "--quiet", "--max-batches", "1"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
-    notes = [l for l in capsys.readouterr().err.splitlines() if "teach the model almost nothing" in l]
+    notes = [l for l in capsys.readouterr().err.splitlines() if "learn little from each small batch" in l]
     assert len(notes) == 1 and "about 4 images" in notes[0] and "--set lr_later=0.005" in notes[0]
     assert main(args + ["--out", str(tmp_path / "b"), "--set", "lr_later=0.005"]) == 0
-    assert "almost nothing" not in capsys.readouterr().err
+    assert "learn little" not in capsys.readouterr().err

@@ -161,8 +161,8 @@ def prepare(opts: RunOptions, out: Path) -> List[Prepared]:
 
 
 def small_stream_note(opts: RunOptions, prepared: List[Prepared]) -> Optional[str]:
-    """A warning for a stream whose batches are so small that the preset's later learning rate
-    learns almost nothing from them (None when the batches are large or --set chose the rate)."""
+    """A warning for a stream whose batches are so small that the preset's learning rates learn little
+    from them (None when the batches are large or --set chose the later rate)."""
     if not prepared or "lr_later" in opts.overrides:
         return None
     sizes = prepared[0].scenario.batch_sizes()
@@ -171,10 +171,10 @@ def small_stream_note(opts: RunOptions, prepared: List[Prepared]) -> Optional[st
     typical = int(np.median(sizes[1:]))
     if typical >= SMALL_BATCH:
         return None
-    return (f"note: the batches of this stream hold about {typical} images, CORe50's 300: at the {opts.preset} "
-            f"preset's later learning rate {prepared[0].config.lr_later:g} they teach the model almost nothing; "
-            f"train every batch at one higher rate, e.g. {' '.join(small_stream_flags(opts.method))} (README: "
-            f"'Your own images')")
+    return (f"note: the batches of this stream hold about {typical} images; the {opts.preset} preset's learning "
+            f"rates ({prepared[0].config.lr_first:g}, then {prepared[0].config.lr_later:g}) are tuned for CORe50's "
+            f"3,000 and then 300 and learn little from each small batch; train every batch at one higher rate, e.g. "
+            f"{' '.join(small_stream_flags(opts.method))} (README: 'Your own images')")
 
 
 def check_existing(opts: RunOptions, out: Path, prepared: List[Prepared]) -> None:
