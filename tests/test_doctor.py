@@ -87,8 +87,8 @@ def test_tensorrt_asked_for_without_it_fails_naming_it(capsys):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--layers", "conv9"], "--layers: "),
-    (["--layers", ","], "--layers names no layer"),
+    (["--layers", "conv9"], "--layers 'conv9': unknown latent layer conv9; choose from data, "),
+    (["--layers", ","], "--layers ',': unknown latent layer (empty list)"),
     (["--steps", "1"], "--steps must be at least 2"),
     (["--rtol", "0"], "--rtol must be > 0"),
     (["--compare", "missing.npz"], "--compare missing.npz: no such file"),

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ..common import UserError, check_at_least, check_device
+from ..common import UserError, check_at_least, check_device, parse_list
 from .check import Settings
 
 EXIT_FAILED = 1  # a check failed (a user mistake is 2, as for every command)
@@ -42,14 +42,7 @@ def add_doctor_command(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     from ...models import mobilenet_v1 as net
 
-    layers = tuple(name.strip() for name in args.layers.split(",") if name.strip())
-    if not layers:
-        raise UserError("--layers names no layer; e.g. --layers pool6,conv6/dw")
-    for layer in layers:
-        try:
-            net.check_latent_layer(layer)
-        except ValueError as e:
-            raise UserError(f"--layers: {e}") from None
+    layers = tuple(parse_list(args.layers, net.LATENT_LAYERS, "latent layer", "--layers"))
     check_at_least(args.steps, 2, "--steps")
     check_at_least(args.threads, 0, "--threads")
     if not args.rtol > 0:
