@@ -1,4 +1,4 @@
-"""The aarch64 smoke test (slow: ~6 minutes fresh on 2 cores, ~3 with the cached root): the committed
+"""The aarch64 smoke test (slow: ~6 minutes fresh on 2 cores, ~2 with the cached root): the committed
 tree installed in a Debian arm64 root under qemu-user, `latent-replay doctor` there at pool6 and
 conv6/dw, and natively with the same versions; every latent, loss, logit and trained array within
 1e-4 of its largest value (scripts/aarch64/smoke.sh). Needs root, Debian's archive and PyPI."""

@@ -10,7 +10,7 @@
 #
 # A slow test (`python -m pytest -m slow tests/test_aarch64_smoke.py`), not a stage of .ci/run: CI starts
 # on a machine without the cached root, and fresh this takes ~6 minutes on 2 cores (debootstrap and
-# pip under emulation; emulated onnxruntime runs hundreds of times slower than native), ~3 with it.
+# pip under emulation; emulated onnxruntime runs hundreds of times slower than native), ~2 with it.
 # Environment: LR_ARM_SUITE (Debian suite, default bookworm: Python 3.11), LR_ARM_ROOT (the cached root,
 # default /var/tmp/latent-replay-arm64-SUITE), LR_ARM_OUT (results, default ROOT.result), LR_ARM_RTOL
 # (the comparison's tolerance, default 1e-4 of each array's largest value).
