@@ -90,6 +90,7 @@ def test_tensorrt_asked_for_without_it_fails_naming_it(capsys):
     (["--layers", "conv9"], "--layers 'conv9': unknown latent layer conv9; choose from data, "),
     (["--layers", ","], "--layers ',': unknown latent layer (empty list)"),
     (["--steps", "1"], "--steps must be at least 2"),
+    (["--input-size", "16"], "--input-size: input size 16 is too small for MobileNetV1 (at least 32)"),
     (["--rtol", "0"], "--rtol must be > 0"),
     (["--compare", "missing.npz"], "--compare missing.npz: no such file"),
     (["--compare", "bad.npz"], "not an arrays file"),

@@ -43,6 +43,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     from ...models import mobilenet_v1 as net
 
     layers = tuple(parse_list(args.layers, net.LATENT_LAYERS, "latent layer", "--layers"))
+    try:
+        net.conv_layers(args.input_size)
+    except ValueError as e:
+        raise UserError(f"--input-size: {e}") from None
     check_at_least(args.steps, 2, "--steps")
     check_at_least(args.threads, 0, "--threads")
     if not args.rtol > 0:
