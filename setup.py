@@ -16,7 +16,13 @@ def package_version() -> str:
 # cannot live side by side): stock CPU, CUDA, or the training build of the optional engine. On a
 # Jetson, JetPack's own onnxruntime-gpu wheel is installed instead (see the README).
 ORT_CPU = "onnxruntime>=1.16"
-TEST = ["pytest>=7", "torch==2.13.0"]
+# PyTorch is the tests' independent oracle (and the benchmark's baseline), never the package's. 2.13.0
+# (CPU) for Python 3.11+; it has no wheel for 3.8/3.9, and on 3.10 PyPI has only CUDA builds of
+# several GB with their nvidia-* packages. 1.12.1 is PyPI's last x86_64 torch that carries its CUDA
+# inside one 776 MB wheel (no other packages) and runs on the CPU; it is built for numpy 1.x.
+TORCH = ['torch==1.12.1; python_version < "3.11"', 'numpy<2; python_version < "3.11"',
+         'torch==2.13.0; python_version >= "3.11"']
+TEST = ["pytest>=7"] + TORCH
 
 setup(
     name="latent-replay",
@@ -44,7 +50,7 @@ setup(
         # The optional engine: ORT's training artifacts (last release 1.19.2: x86_64, Python <= 3.12).
         "training": ["onnxruntime-training-cpu==1.19.2", "onnx>=1.14,<=1.17"],
         "test": [ORT_CPU] + TEST,
-        "bench": [ORT_CPU, "torch==2.13.0", "psutil>=5.8"],
+        "bench": [ORT_CPU, "psutil>=5.8"] + TORCH,
     },
     entry_points={"console_scripts": ["latent-replay=latent_replay.cli:main"]},
 )

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .apps.artifacts import add_export_command, add_fetch_command, add_layers_command
     from .apps.bench.command import add_bench_command
+    from .apps.doctor.command import add_doctor_command
     from .apps.export_model import add_export_model_command
     from .apps.predict import add_predict_command
     from .apps.run.command import add_run_command
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latent-replay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for adder in [add_layers_command, add_export_command, add_predict_command, add_fetch_command, add_run_command,
-                  add_export_model_command, add_stream_command, add_bench_command]:
+                  add_export_model_command, add_stream_command, add_bench_command, add_doctor_command]:
         adder(sub)
     return parser
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence
 
 
 class UserError(ValueError):
@@ -14,6 +14,17 @@ def check_at_least(value: Optional[int], minimum: int, option: str) -> None:
     """Refuse a count below `minimum` (UserError naming `option`); None (not given) passes."""
     if value is not None and value < minimum:
         raise UserError(f"{option} must be at least {minimum}, got {value}")
+
+
+def parse_list(text: str, valid: Sequence[str], what: str, option: str) -> List[str]:
+    """A comma-separated `option` value as a list of names from `valid` (UserError naming the unknown
+    ones, or an empty list)."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in valid]
+    if bad or not items:
+        raise UserError(f"{option} {text!r}: unknown {what} {', '.join(bad) if bad else '(empty list)'}; "
+                        f"choose from {', '.join(valid)}")
+    return items
 
 
 def in_users_words(error: Exception, options: Mapping[str, str]) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ...folders import FolderError, check_output_file
 from ...models import mobilenet_v1 as net
-from ..common import UserError, add_width_argument, check_device
+from ..common import UserError, add_width_argument, check_device, parse_list
 from . import probes as core
 from .report import COMPARE_ROWS, derive, table
 from .workers import BACK_TRAIN_FACTOR, CLASSES, FULL, QUICK, SEED, package_env, run_worker
@@ -54,12 +54,10 @@ def _argument_error(message: str) -> BenchArgumentError:
 
 
 def _parse_list(text: str, valid: List[str], what: str, option: str) -> List[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in valid]
-    if bad or not items:
-        raise _argument_error(f"{option} {text!r}: unknown {what} {', '.join(bad) if bad else '(empty list)'}; "
-                              f"choose from {', '.join(valid)}")
-    return items
+    try:
+        return parse_list(text, valid, what, option)
+    except UserError as e:
+        raise _argument_error(str(e)) from None
 
 
 def parse_threads(text: Any) -> List[int]:

@@ -104,7 +104,7 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
     import onnxruntime as ort
 
     from ...export.manifest import Manifest
-    from ...runtime.engine import session_options
+    from ...runtime.engine.session import session_options, tensorrt_providers
 
     directory = Path(spec["artifacts"])
     path = str(Manifest.load(directory).path(directory, "front"))
@@ -112,9 +112,7 @@ def _gpu_front(spec: Dict[str, Any], frames: np.ndarray, provider: str, availabl
         if provider == "TensorrtExecutionProvider":
             cache = directory / "trt_cache"
             cache.mkdir(exist_ok=True)
-            providers: List[Any] = [(provider, {"trt_engine_cache_enable": True,
-                                                "trt_engine_cache_path": str(cache)}),
-                                    "CUDAExecutionProvider", "CPUExecutionProvider"]
+            providers: List[Any] = tensorrt_providers(cache)
         else:
             providers = [provider, "CPUExecutionProvider"]
         t0 = time.perf_counter()

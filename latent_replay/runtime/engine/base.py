@@ -143,3 +143,9 @@ class BackEngine(abc.ABC):
     @abc.abstractmethod
     def logits(self, latent: np.ndarray) -> np.ndarray:
         """Inference with the running statistics."""
+
+    def providers(self) -> Dict[str, List[str]]:
+        """The execution providers each ONNX Runtime session opened so far really runs on (the sessions'
+        own `get_providers()`: a provider that failed to load is missing there, while
+        `onnxruntime.get_available_providers()` still lists it); empty where the engine has none."""
+        return {}

@@ -76,6 +76,13 @@ def providers_for(device: str, cuda_graph: bool = False) -> List[Any]:
     return [("CUDAExecutionProvider", options) if options else "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def tensorrt_providers(cache_dir: Path) -> List[Any]:
+    """TensorRT first, its engines cached in `cache_dir` (a second session reuses them instead of
+    building them again), then CUDA and the CPU for whatever TensorRT leaves."""
+    return [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}),
+            "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 class Front:
     """The frozen front as an InferenceSession: uint8 NHWC frames -> latents."""
 

@@ -193,6 +193,10 @@ class StepBack(BackEngine):
         self.steps += 1
         return float(self._loss) if self._loss is not None else float(self._loss_value.numpy())
 
+    def providers(self) -> Dict[str, List[str]]:
+        sessions = {"step": self._session, "eval": self._eval}
+        return {role: session.get_providers() for role, session in sessions.items() if session is not None}
+
     def batch_stats(self) -> Dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in self._stats.items()}
 
