@@ -47,16 +47,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", help="the image folder (DIR/CLASS/SESSION/*)")
     p.add_argument("--weights", required=True, help="pretrained weights (e.g. a Keras .h5 or TF.js model.json)")
-    p.add_argument("--out", default="runs/folder-methods", help="folder for the runs (each one started afresh)")
+    p.add_argument("--out", default="runs/folder-methods", help="folder for the runs (each one started afresh unless --resume)")
     p.add_argument("--png", default="docs/folder_methods.png", help="where to write the figure")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each with its share of the cores (default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what --out holds: finished runs are read back, stopped ones go on")
     p.add_argument("--readme", help="also write the table into this README, between its markers")
     p.add_argument("--title", default="", help="figure title (default: the folder's name)")
     args = p.parse_args(argv)
     made_at, load = common.commit(), [os.getloadavg()[0]]
-    rows = common.run_all(Path(args.out), ["--core50", f"folder:{args.folder}", "--weights", args.weights], METHODS)
+    stream = ["--core50", f"folder:{args.folder}", "--weights", args.weights]
+    rows = common.run_all(Path(args.out), stream, METHODS, jobs=args.jobs, resume=args.resume)
     load.append(os.getloadavg()[0])
     common.plot(rows, Path(args.png), args.title or f"{Path(args.folder).name}: real images, {args.weights}")
-    command = "folder_methods.py DIR --weights W --readme README.md"
+    command = "folder_methods.py DIR --weights W" + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + " --readme README.md"
     block = f"{common.markdown_table(rows)}\n\n{common.provenance(made_at, load, command)}"
     print(block)
     if args.readme:

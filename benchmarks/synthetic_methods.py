@@ -52,12 +52,35 @@ def row_from_results(path: Path, label: str, figure_label: str = "") -> Dict:
             "train_s": s["train_seconds_median_per_batch"], "accuracy": s["mean_curve"]}
 
 
-def run_all(out: Path, extra: Sequence[str], methods: Sequence = METHODS) -> List[Dict]:
-    """One `latent-replay run` per method (its arguments + `extra`), each afresh in OUT/mK; their rows."""
+def _run_command(args: Sequence[str], target: Path, extra: Sequence[str], resume: bool,
+                 threads: Optional[int]) -> List[str]:
+    command = ["run"] + list(args) + ["--out", str(target), "--quiet"] + ([] if resume else ["--fresh"])
+    return command + (["--threads", str(threads)] if threads else []) + list(extra)
+
+
+def run_all(out: Path, extra: Sequence[str], methods: Sequence = METHODS, jobs: int = 1,
+            resume: bool = False) -> List[Dict]:
+    """One `latent-replay run` per method (its arguments + `extra`) in OUT/mK; their rows.
+
+    Each run starts afresh unless `resume` (then a finished run is read back and a stopped one goes
+    on from its last saved batch). `jobs` > 1 runs that many at once as child processes, each with
+    an equal share of the cores (the median train times are then those of that many threads)."""
+    targets = [out / f"m{i}" for i in range(len(methods))]
+    if jobs <= 1:
+        codes = [cli(_run_command(args, t, extra, resume, None)) for (_, _, args), t in zip(methods, targets)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+
+        def child(i: int) -> int:
+            command = _run_command(methods[i][2], targets[i], extra, resume, threads)
+            return subprocess.run([sys.executable, "-m", "latent_replay.cli"] + command, cwd=REPO).returncode
+
+        with ThreadPoolExecutor(jobs) as pool:
+            codes = list(pool.map(child, range(len(methods))))
     rows = []
-    for i, (figure_label, label, args) in enumerate(methods):
-        target = out / f"m{i}"
-        code = cli(["run"] + list(args) + ["--out", str(target), "--quiet", "--fresh"] + list(extra))
+    for (figure_label, label, _), target, code in zip(methods, targets, codes):
         if code != 0:
             raise SystemExit(f"{label}: latent-replay run failed with exit code {code}")
         rows.append(row_from_results(target / "results.json", label, figure_label))
@@ -139,13 +162,16 @@ def plot(rows: List[Dict], path: Path, title: str = "synthetic stream (10 object
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/synthetic-methods", help="folder for the runs (each one started afresh)")
+    p.add_argument("--out", default="runs/synthetic-methods", help="folder for the runs (each one started afresh unless --resume)")
     p.add_argument("--png", default="docs/synthetic_methods.png", help="where to write the figure")
     p.add_argument("--seed", default="0", help="stream and weights seed")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each with its share of the cores (default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what --out holds: finished runs are read back, stopped ones go on")
     p.add_argument("--readme", help="also write the table into this README, between its markers")
     args = p.parse_args(argv)
     made_at, load = commit(), [os.getloadavg()[0]]  # before anything runs: the README is written at the end
-    rows = run_all(Path(args.out), ["--seed", args.seed])
+    rows = run_all(Path(args.out), ["--seed", args.seed], jobs=args.jobs, resume=args.resume)
     load.append(os.getloadavg()[0])
     plot(rows, Path(args.png))
     block = f"{markdown_table(rows)}\n\n{provenance(made_at, load)}"
