@@ -59,13 +59,13 @@ def _run_command(args: Sequence[str], target: Path, extra: Sequence[str], resume
 
 
 def run_all(out: Path, extra: Sequence[str], methods: Sequence = METHODS, jobs: int = 1,
-            resume: bool = False) -> List[Dict]:
-    """One `latent-replay run` per method (its arguments + `extra`) in OUT/mK; their rows.
+            resume: bool = False, first: int = 0) -> List[Dict]:
+    """One `latent-replay run` per method (its arguments + `extra`) in OUT/mK (K from `first` on); their rows.
 
     Each run starts afresh unless `resume` (then a finished run is read back and a stopped one goes
     on from its last saved batch). `jobs` > 1 runs that many at once as child processes, each with
     an equal share of the cores (the median train times are then those of that many threads)."""
-    targets = [out / f"m{i}" for i in range(len(methods))]
+    targets = [out / f"m{first + i}" for i in range(len(methods))]
     if jobs <= 1:
         codes = [cli(_run_command(args, t, extra, resume, None)) for (_, _, args), t in zip(methods, targets)]
     else:
@@ -140,7 +140,9 @@ def write_readme(path: Path, block: str, begin: str = BEGIN, end: str = END) -> 
     print(f"table written into {path}")
 
 
-def plot(rows: List[Dict], path: Path, title: str = "synthetic stream (10 objects, 26 batches, random weights)") -> None:
+def plot(rows: List[Dict], path: Path, title: str = "synthetic stream (10 objects, 26 batches, random weights)",
+         levels: Sequence = ()) -> None:
+    """Accuracy vs batch, one line per row; `levels`: (label, accuracy) pairs drawn as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +151,8 @@ def plot(rows: List[Dict], path: Path, title: str = "synthetic stream (10 object
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for row in rows:
         ax.plot(100 * np.array(row["accuracy"]), lw=1.8, label=row["figure_label"])
+    for label, value in levels:
+        ax.axhline(100 * value, ls="--", lw=1.2, color="0.35", label=label)
     ax.set_xlabel("training batch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 102)

@@ -181,6 +181,10 @@ class FolderScenario(Scenario):
     def test_labels(self) -> np.ndarray:
         return np.array([label for _, label in self._test], np.int64)
 
+    def test_entries(self) -> List[Entry]:
+        """The held-out (or DIR/test/) images and their labels, as (path, class) pairs."""
+        return list(self._test)
+
     @property
     def test_size(self) -> int:
         return len(self._test)
