@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .apps.predict import add_predict_command
     from .apps.run.command import add_run_command
     from .apps.stream.command import add_stream_command
+    from .apps.sweep.command import add_report_command, add_sweep_command
 
     parser = argparse.ArgumentParser(
         prog="latent-replay",
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latent-replay {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for adder in [add_layers_command, add_export_command, add_predict_command, add_fetch_command, add_run_command,
-                  add_export_model_command, add_stream_command, add_bench_command, add_doctor_command]:
+                  add_sweep_command, add_report_command, add_export_model_command, add_stream_command,
+                  add_bench_command, add_doctor_command]:
         adder(sub)
     return parser
 

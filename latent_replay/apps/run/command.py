@@ -19,13 +19,28 @@ from .options import SYNTHETIC_DIFFICULTY, SYNTHETIC_MEMORY, SYNTHETIC_SETTINGS,
 PAPER_REFERENCE = {("ar1free", 391, "latent"): 0.77}  # PyTorch port, conv5_4/dw, M=1500 (docs/algorithms.md)
 
 
+RUN_DESCRIPTION = ("Train the back batch by batch (latent replay + CWR*/AR1*/AR1*-free) and evaluate "
+                   "after every batch. Accepts the seed's form too: `latent-replay run AR1F 391 latent "
+                   "/data/core50 --latent_layer pool6 --replay_memory 1500`. Without a CORe50 path it "
+                   "runs the synthetic stream. Re-running with the same --out resumes.")
+
+
 def add_run_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", help="continual-learning experiment: CORe50 NICv2 or the built-in synthetic stream",
-        description="Train the back batch by batch (latent replay + CWR*/AR1*/AR1*-free) and evaluate "
-                    "after every batch. Accepts the seed's form too: `latent-replay run AR1F 391 latent "
-                    "/data/core50 --latent_layer pool6 --replay_memory 1500`. Without a CORe50 path it "
-                    "runs the synthetic stream. Re-running with the same --out resumes.")
+    p = sub.add_parser("run", help="continual-learning experiment: CORe50 NICv2 or the built-in synthetic stream",
+                       description=RUN_DESCRIPTION)
+    add_run_arguments(p)
+    p.set_defaults(handler=run_command)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """A parser of `run`'s arguments alone (what `sweep` turns each of its cells into)."""
+    p = argparse.ArgumentParser(prog="latent-replay run", description=RUN_DESCRIPTION)
+    add_run_arguments(p)
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of `run` (also `sweep`'s, where some may be lists)."""
     p.add_argument("method_pos", nargs="?", metavar="METHOD", help=f"{', '.join(spellings())} (default AR1F)")
     p.add_argument("scenario_pos", nargs="?", metavar="SCENARIO", help="NICv2 scenario: 79, 196 or 391 (default)")
     p.add_argument("replay_pos", nargs="?", metavar="REPLAY", help="no, pure or latent (default)")
@@ -89,7 +104,6 @@ def add_run_command(sub: argparse._SubParsersAction) -> None:
                    help="stop after this many batches in this invocation (re-run to continue)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_weights_arguments(p)
-    p.set_defaults(handler=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:

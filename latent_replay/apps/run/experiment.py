@@ -23,6 +23,7 @@ from ..common import in_users_words
 from .options import SYNTHETIC_OPTIONS, RunError, RunOptions
 
 TEST_CACHE_LIMIT = 2 << 30  # test latents bigger than this are recomputed per evaluation
+PROGRESS_FILE = "progress.json"
 SMALL_BATCH = 100  # images: CORe50's NICv2 batches hold 300, for which the presets' learning rates are tuned
 SMALL_STREAM_LR = 0.005  # measured on COIL-100 batches of 14 images (README: 'Your own images')
 
@@ -36,7 +37,7 @@ def small_stream_flags(method: str) -> List[str]:
     if not method_named(method).si:
         settings.pop("si_lambda")
     return [flag for key, value in settings.items() for flag in ("--set", f"{key}={value:g}")]
-RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json")  # what makes a folder a run folder
+RUN_MARKERS = ("results.json", "run[0-9]", "artifacts/manifest.json", "progress.json")  # what makes a folder a run folder
 
 
 @dataclass
@@ -246,6 +247,7 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
     records = _resume(learner, state_dir, opts, out)
     start = len(records)
     saved.batches[run] = (start, scenario.n_batches)
+    write_progress(out, run, start, scenario.n_batches)
     if start >= scenario.n_batches:
         print(f"run {run}: already complete ({start} of {scenario.n_batches} batches in {state_dir}); "
               f"--fresh starts over", file=sys.stderr)
@@ -285,6 +287,7 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
                 state["meta"]["class_names"] = class_names
                 save_state(state, state_dir)
                 saved.batches[run] = (len(records), scenario.n_batches)
+            write_progress(out, run, len(records), scenario.n_batches, accuracy)
             if bar is not None:
                 bar.set_postfix(acc=f"{100 * accuracy:.1f}%", train=f"{stats['time']:.1f}s")
                 bar.update(1)
@@ -295,6 +298,14 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
             "scenario": scenario.name, "n_batches": scenario.n_batches, "test_size": test.size,
             "config": config.to_dict(), "artifacts": str(artifacts), "engine": learner.back.name,
             "class_names": class_names, "plan": scenario.describe()}
+
+
+def write_progress(out: Path, run: int, batches: int, of: int, accuracy: Optional[float] = None) -> None:
+    """OUT/progress.json: the run and batch a running experiment is at, for whoever watches the folder
+    (`latent-replay sweep` prints its cells' progress from it)."""
+    from ...atomic import write_json_atomic
+
+    write_json_atomic(out / PROGRESS_FILE, {"run": run, "batch": batches, "batches": of, "accuracy": accuracy})
 
 
 def output_names(scenario_names: List[str], outputs: int) -> List[str]:
