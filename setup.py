@@ -51,6 +51,8 @@ setup(
         "training": ["onnxruntime-training-cpu==1.19.2", "onnx>=1.14,<=1.17"],
         "test": [ORT_CPU] + TEST,
         "bench": [ORT_CPU, "psutil>=5.8"] + TORCH,
+        # `latent-replay sweep`: Ray runs the cells (without it: sweep --local), PyYAML reads YAML grid files.
+        "sweep": [ORT_CPU, "ray>=2.10", "pyyaml>=5.4"],
     },
     entry_points={"console_scripts": ["latent-replay=latent_replay.cli:main"]},
 )

@@ -1,0 +1,1 @@
+"""`latent-replay sweep` and `latent-replay report`: grids of runs and their summary."""
