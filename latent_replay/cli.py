@@ -11,22 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-EXIT_USAGE = 2
-
-
-def _user_errors() -> tuple:
-    """Exception types that mean 'the user gave us something wrong', not 'we have a bug'."""
-    from .apps.common import UserError
-    from .atomic import WriteError
-    from .export.exporter import ExportError
-    from .export.manifest import ManifestError
-    from .folders import FolderError
-    from .models.weights import WeightsError
-    from .runtime.sources.base import SourceError
-    from .runtime.state import StateError
-
-    return (UserError, ExportError, ManifestError, WeightsError, SourceError, FolderError, StateError,
-            WriteError, FileNotFoundError)
+from .apps.common import EXIT_USAGE, run_handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,22 +62,7 @@ def _main(argv: Optional[List[str]]) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return int(args.handler(args) or 0)
-    except _user_errors() as e:
-        print(f"latent-replay {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModuleNotFoundError as e:
-        if e.name != "onnxruntime":
-            raise
-        print(f"latent-replay {args.command}: error: onnxruntime is not installed: pip install \"latent-replay[cpu]\" "
-              f"(or [gpu]; on a Jetson, JetPack's onnxruntime-gpu wheel)", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt as e:
-        # A command may say what the interruption kept (KeyboardInterrupt("nothing was saved yet")).
-        detail = f": {e}" if str(e) else ""
-        print(f"latent-replay {args.command}: interrupted{detail}", file=sys.stderr)
-        return 130
+    return run_handler(args.command, args.handler, args)
 
 
 if __name__ == "__main__":

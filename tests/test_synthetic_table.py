@@ -60,3 +60,25 @@ def test_rows_come_from_results_and_the_block_is_replaced_in_place(template):
     assert script.replace_block(once, table) == once
     with pytest.raises(ValueError, match="exactly one"):
         script.replace_block("no markers here", table)
+
+
+def test_the_readme_real_image_table_is_folder_methods_output():
+    """The "Results with real features" table: its rows are folder_methods.py's (its method labels in
+    its order, then joint training), in the shared formats, made at a commit without changes."""
+    import folder_methods as real
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(real.BEGIN) + len(real.BEGIN):text.index(real.END)].strip()
+    table, _, note = block.partition("\n\n")
+    lines = table.splitlines()
+    assert "\n".join(lines[:2]) == script.HEADER
+    labels = [line.split(" | ")[0][2:] for line in lines[2:]]
+    assert labels[:-1] == [label for _, label, _ in real.METHODS]
+    assert re.fullmatch(re.escape(real.JOINT[1]).replace(r"\{k\}", r"\d+"), labels[-1]), labels[-1]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert re.fullmatch(r"\d+\.\d%", cells[2]) and re.fullmatch(r"\d+\.\d%", cells[3]), line
+        if line is not lines[-1]:  # joint training is one batch: no forgetting or BWT to speak of
+            assert re.fullmatch(r"\d+\.\d pts", cells[4]) and re.fullmatch(r"[+-]\d+\.\d pts", cells[5]), line
+    assert re.fullmatch(r"Made by `python benchmarks/folder_methods.py DIR --weights W( --jobs \d+)? --readme "
+                        r"README.md` at commit ([0-9a-f]{7,}) \(.*\)\.", note.strip()), note

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 from ..models import mobilenet_v1 as net
-from .common import UserError, add_weights_arguments, add_width_argument, load_weights_announced
-
-EXIT_USAGE = 2
+from .common import EXIT_USAGE, UserError, add_weights_arguments, add_width_argument, load_weights_announced
 
 
 def add_layers_command(sub: argparse._SubParsersAction) -> None:

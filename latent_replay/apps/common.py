@@ -96,3 +96,41 @@ def export_for(directory: Any, spec: Any, weights: str, seed: int = 0, preproces
         print(f"exporting {spec.describe()} (weights {loaded.source}) into {directory} ...", file=sys.stderr)
     engines = ("step",) if spec.engine == "step" else ("step", spec.engine)
     return export(loaded, spec.latent_layer, spec.classes, directory, input_size=spec.input_size, engines=engines)
+
+
+EXIT_USAGE = 2  # the exit status of a user mistake
+
+
+def _user_errors() -> tuple:
+    """Exception types that mean 'the user gave us something wrong', not 'we have a bug'."""
+    from ..atomic import WriteError
+    from ..export.exporter import ExportError
+    from ..export.manifest import ManifestError
+    from ..folders import FolderError
+    from ..models.weights import WeightsError
+    from ..runtime.sources.base import SourceError
+    from ..runtime.state import StateError
+
+    return (UserError, ExportError, ManifestError, WeightsError, SourceError, FolderError, StateError,
+            WriteError, FileNotFoundError)
+
+
+def run_handler(command: str, handler: Any, args: argparse.Namespace) -> int:
+    """Run a command's handler: its exit status, a user mistake as one line on stderr and exit code 2,
+    Ctrl-C as exit code 130 with what the command says it kept (the CLI, and sweep's cells)."""
+    try:
+        return int(handler(args) or 0)
+    except _user_errors() as e:
+        print(f"latent-replay {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as e:
+        if e.name != "onnxruntime":
+            raise
+        print(f"latent-replay {command}: error: onnxruntime is not installed: pip install \"latent-replay[cpu]\" "
+              f"(or [gpu]; on a Jetson, JetPack's onnxruntime-gpu wheel)", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as e:
+        # A command may say what the interruption kept (KeyboardInterrupt("nothing was saved yet")).
+        detail = f": {e}" if str(e) else ""
+        print(f"latent-replay {command}: interrupted{detail}", file=sys.stderr)
+        return 130

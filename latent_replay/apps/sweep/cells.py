@@ -39,14 +39,17 @@ def run_cell(argv: List[str], log: Path, threads: Optional[int] = None) -> Dict[
     What `run` prints goes into `log` (the sweep's logs/CELL.log, not the cell folder, which stays a
     pure run folder), so that parallel cells do not interleave their output; its last error line
     becomes the cell's error."""
-    from ...cli import main as cli
+    from ..common import run_handler
+    from ..run.command import run_command, run_parser
 
     argv = list(argv) + (["--threads", str(threads)] if threads and "--threads" not in argv else [])
     captured = io.StringIO()
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(captured):
         try:
-            code = cli(["run"] + argv)
+            code = run_handler("run", run_command, run_parser().parse_args(argv))
+        except SystemExit as e:  # argparse's refusal (printed above it)
+            code = e.code if isinstance(e.code, int) else 2
         except Exception as e:  # a bug in one cell must not end the others: reported as that cell's failure
             code = 1
             print(f"{type(e).__name__}: {e}", file=errors)

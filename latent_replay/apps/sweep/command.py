@@ -8,24 +8,38 @@ from typing import List
 
 from ..common import UserError
 
-SWEEP_OPTIONS = ("grid", "local", "ray_address", "cpus_per_run", "gpus_per_run", "cpus", "dry_run")
 NOT_PASSED = ("out", "fresh", "quiet", "set", "runs", "method", "scenario", "replay", "core50", "latent_layer",
               "replay_memory", "method_pos", "scenario_pos", "replay_pos", "core50_pos", "help")
 LISTS = ("method", "scenario", "replay", "latent_layer", "replay_memory")
 
 
+SWEEP_HELP = "a grid of runs (methods x scenarios x layers x memory x runs) on Ray or here, with its summary"
+SWEEP_DESCRIPTION = ("Run's arguments, where METHOD, SCENARIO, REPLAY, --latent-layer, --replay-memory and "
+                     "--set KEY=V1,V2 may be comma lists or `all`, and --runs a range (0-4): every combination is "
+                     "one `latent-replay run` of one run in its own folder under --out. Stopped, the same command "
+                     "continues cell by cell (and each cell from its last saved batch); finished cells are never "
+                     "recomputed. Ends with OUT/summary.csv, summary.md and the figures (latent-replay report).")
+SWEEP_EPILOG = ("e.g. latent-replay sweep AR1F,CWR,naive 391 latent /data/core50 --latent-layer all "
+                "--replay-memory 500,1500 --runs 0-4 --out runs/grid")
+
+
 def add_sweep_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help=SWEEP_HELP, description=SWEEP_DESCRIPTION, epilog=SWEEP_EPILOG)
+    add_sweep_arguments(p)
+    p.set_defaults(handler=sweep_command)
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    """A parser of `sweep`'s arguments alone (what a grid file is read with)."""
+    p = argparse.ArgumentParser(prog="latent-replay sweep", description=SWEEP_DESCRIPTION, epilog=SWEEP_EPILOG)
+    add_sweep_arguments(p)
+    return p
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """run's arguments (some as lists) and the sweep's own."""
     from ..run.command import add_run_arguments
 
-    p = sub.add_parser(
-        "sweep", help="a grid of runs (methods x scenarios x layers x memory x runs) on Ray or here, with its summary",
-        description="Run's arguments, where METHOD, SCENARIO, REPLAY, --latent-layer, --replay-memory and "
-                    "--set KEY=V1,V2 may be comma lists or `all`, and --runs a range (0-4): every combination is "
-                    "one `latent-replay run` of one run in its own folder under --out. Stopped, the same command "
-                    "continues cell by cell (and each cell from its last saved batch); finished cells are never "
-                    "recomputed. Ends with OUT/summary.csv, summary.md and the figures (latent-replay report).",
-        epilog="e.g. latent-replay sweep AR1F,CWR,naive 391 latent /data/core50 --latent-layer all "
-               "--replay-memory 500,1500 --runs 0-4 --out runs/grid")
     add_run_arguments(p)
     for action in p._actions:  # the list-valued options take text ("500,1500", "all"); grid.py checks them
         if action.dest in LISTS:
@@ -44,7 +58,6 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
                    help="GPUs Ray gives each cell (default 1 with --device cuda, else 0)")
     g.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all cores)")
     g.add_argument("--dry-run", action="store_true", help="list the cells and their state, run nothing")
-    p.set_defaults(handler=sweep_command)
 
 
 def add_report_command(sub: argparse._SubParsersAction) -> None:
@@ -55,9 +68,22 @@ def add_report_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=report_command)
 
 
-def report_command(args: argparse.Namespace) -> int:
-    from .report import write_report
+def write_report(out: Path) -> List[Path]:
+    """summary.csv, summary.md and the figures of everything under `out`; the files written."""
+    from .figures import draw_all
+    from .report import cell_rows, grid_rows, markdown, write_csv
 
+    rows = cell_rows(out)
+    if not rows:
+        raise UserError(f"{out} holds no results yet (no */results.json with a finished batch)")
+    grid = grid_rows(rows)
+    written = [out / "summary.csv", out / "summary.md"]
+    write_csv(written[0], rows, grid)
+    written[1].write_text(markdown(grid), encoding="utf-8")
+    return written + draw_all(out, grid)
+
+
+def report_command(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
@@ -70,13 +96,12 @@ def _with_grid_file(args: argparse.Namespace) -> argparse.Namespace:
     """The command line's options over the grid file's (the file fills what the command line left at its default)."""
     if not args.grid:
         return args
-    from ...cli import build_parser
     from .grid import grid_file_argv
 
-    parser = build_parser()
-    defaults = parser.parse_args(["sweep"])
+    parser = sweep_parser()
+    defaults = parser.parse_args([])
     try:
-        from_file = parser.parse_args(["sweep"] + grid_file_argv(Path(args.grid)))
+        from_file = parser.parse_args(grid_file_argv(Path(args.grid)))
     except SystemExit:
         raise UserError(f"--grid {args.grid}: an option above is not one of sweep's") from None
     merged = argparse.Namespace(**vars(args))
@@ -160,7 +185,6 @@ def _run_cells(args: argparse.Namespace, out: Path, cells, todo, gpus: float) ->
     from .cells import finished
     from .execute import run_local, run_ray
     from .monitor import Monitor
-    from .report import write_report
 
     write_json_atomic(out / "sweep.json", {"cells": [{"name": c.name, "point": c.point, "run": c.run,
                                                        "argv": c.argv} for c in cells]})

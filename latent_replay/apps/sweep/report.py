@@ -1,6 +1,5 @@
 """A sweep's results in one place: every cell's results.json gathered into a table per cell and per
-grid point (mean and spread over runs), written as summary.csv and summary.md, and the paper's
-figures: accuracy vs incremental batch, the latent-layer trade-off, accuracy vs memory size.
+grid point (mean and spread over runs), as summary.csv and summary.md (figures.py draws them).
 """
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ...models import mobilenet_v1 as net
-from ..common import UserError
 from ..run.command import PAPER_REFERENCE
 
 GRID_FILE = "sweep.json"
@@ -122,21 +120,6 @@ def markdown(grid: List[Dict[str, Any]]) -> str:
             _fmt(g["train_s"], None, False), _fmt(g["peak_rss_mb"], None, False)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_report(out: Path) -> List[Path]:
-    """summary.csv, summary.md and the figures of everything under `out`; the files written."""
-    rows = cell_rows(out)
-    if not rows:
-        raise UserError(f"{out} holds no results yet (no */results.json with a finished batch)")
-    grid = grid_rows(rows)
-    written = [Path(out) / "summary.csv", Path(out) / "summary.md"]
-    write_csv(written[0], rows, grid)
-    written[1].write_text(markdown(grid), encoding="utf-8")
-    from .figures import draw_all
-
-    written += draw_all(Path(out), grid)
-    return written
 
 
 def reference(row: Dict[str, Any]) -> Optional[float]:
