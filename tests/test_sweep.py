@@ -250,3 +250,12 @@ def test_failed_cells_are_reported_and_the_others_finish(tmp_path, capsys):
     assert json.loads((out / "ar1free-synthetic-latent-conv5_4_dw-m40-run0" / "results.json").read_text())["complete"]
     assert (foreign / "notes.txt").read_text().startswith("not a run folder")  # untouched
     assert "already holds other files" in (out / "logs" / f"{foreign.name}.log").read_text()
+
+
+def test_cells_no_node_can_hold_are_refused_not_waited_for(tmp_path, ray_env):
+    child = subprocess.run([sys.executable, "-m", "latent_replay.cli", "sweep", "AR1F", *TINY, "--out",
+                            str(tmp_path / "s"), "--cpus", "1", "--gpus-per-run", "1"], env=ray_env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 2, child.stderr
+    assert "--gpus-per-run 1: this machine's Ray instance has 0 GPUs in all, so no cell could start" in child.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was written

@@ -177,10 +177,16 @@ def sweep_command(args: argparse.Namespace) -> int:
             print(f"{c.name}: {state}\n    latent-replay run {' '.join(c.argv)}")
         return 0
     with FolderLock(out, "--out"):
-        return _run_cells(args, out, cells, todo, gpus)
+        if args.local or not todo:
+            return _run_cells(args, out, cells, todo, gpus, None)
+        from .execute import ray_started
+
+        with ray_started(args.ray_address, args.cpus, args.cpus_per_run, gpus) as ray:
+            return _run_cells(args, out, cells, todo, gpus, ray)
 
 
-def _run_cells(args: argparse.Namespace, out: Path, cells, todo, gpus: float) -> int:
+def _run_cells(args: argparse.Namespace, out: Path, cells, todo, gpus: float, ray) -> int:
+    """Run the cells to do (on `ray`, or here when None) and write the summary."""
     from ...atomic import write_json_atomic
     from .cells import finished
     from .execute import run_local, run_ray
@@ -197,12 +203,12 @@ def _run_cells(args: argparse.Namespace, out: Path, cells, todo, gpus: float) ->
         else:
             monitor.report(c, "queued")
     try:
-        if args.local:
+        if ray is None:
             monitor.start()
             run_local(todo, monitor.report, threads=args.threads or None)
         else:
             monitor.watch(todo)
-            run_ray(todo, monitor.report, args.ray_address, args.cpus_per_run, gpus, args.cpus)
+            run_ray(ray, todo, monitor.report, args.cpus_per_run, gpus)
     finally:
         monitor.close()
     if any(finished(c.out) for c in cells):

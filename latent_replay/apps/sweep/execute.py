@@ -6,6 +6,7 @@ cell's failure and the others go on. The driver watches the cells' folders for t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Dict, List, Optional
 
@@ -35,9 +36,10 @@ def _report_outcome(cell: Cell, outcome: Dict[str, object], report: Report) -> N
         report(cell, "failed", str(outcome["error"]))
 
 
-def run_ray(cells: List[Cell], report: Report, address: Optional[str], cpus_per_run: float,
-            gpus_per_run: float, cpus: Optional[int] = None) -> None:
-    """The cells as Ray tasks: a local Ray instance (at most `cpus` CPUs) or the cluster at `address`."""
+@contextlib.contextmanager
+def ray_started(address: Optional[str], cpus: Optional[int], cpus_per_run: float, gpus_per_run: float):
+    """Ray, connected to the cluster at `address` or to a local instance of `cpus` CPUs, checked to have
+    room for one cell at least; shut down at the end."""
     try:
         import ray
     except ImportError:
@@ -51,6 +53,15 @@ def run_ray(cells: List[Cell], report: Report, address: Optional[str], cpus_per_
         # of a board, another job) the cells then starve -- measured 25x slower train steps here.
         os.environ.setdefault(WORKER_NICENESS, "0")
         ray.init(num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, **kwargs)
+    try:
+        _check_resources(ray.cluster_resources(), cpus_per_run, gpus_per_run, address)
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_ray(ray, cells: List[Cell], report: Report, cpus_per_run: float, gpus_per_run: float) -> None:
+    """The cells as Ray tasks of `cpus_per_run` CPUs and `gpus_per_run` GPUs each (Ray from `ray_started`)."""
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(run_cell)
         threads = max(1, int(cpus_per_run))
@@ -68,5 +79,13 @@ def run_ray(cells: List[Cell], report: Report, address: Optional[str], cpus_per_
     except KeyboardInterrupt:
         raise KeyboardInterrupt("the running cells were stopped; the same command continues from their last saved "
                                 "batch") from None
-    finally:
-        ray.shutdown()
+
+
+def _check_resources(available: Dict[str, float], cpus: float, gpus: float, address: Optional[str]) -> None:
+    """Refuse a cell that no node can ever hold (Ray would wait for it forever)."""
+    where = f"the Ray cluster at {address}" if address else "this machine's Ray instance"
+    for name, wanted, option in (("CPU", cpus, "--cpus-per-run"), ("GPU", gpus, "--gpus-per-run")):
+        have = float(available.get(name, 0.0))
+        if wanted > have:
+            raise UserError(f"{option} {wanted:g}: {where} has {have:g} {name}s in all, so no cell could start"
+                            + (" (no GPU: drop --device cuda or give --gpus-per-run 0)" if name == "GPU" else ""))
