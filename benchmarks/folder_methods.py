@@ -77,22 +77,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each with its share of the cores (default 1)")
     p.add_argument("--resume", action="store_true",
                    help="keep what --out holds: finished runs are read back, stopped ones go on")
+    p.add_argument("--keep", action="store_true",
+                   help="read back every run --out has results of, stopped ones as they are (their rows say where "
+                        "they stopped); run only the missing ones")
     p.add_argument("--readme", help="also write the table into this README, between its markers")
     p.add_argument("--title", default="", help="figure title (default: the folder's name)")
     args = p.parse_args(argv)
     made_at, load = common.commit(), [os.getloadavg()[0]]
     out = Path(args.out)
     stream = ["--core50", f"folder:{args.folder}", "--weights", args.weights]
-    rows = common.run_all(out, stream, METHODS, jobs=args.jobs, resume=args.resume)
+    rows = common.run_all(out, stream, METHODS, jobs=args.jobs, resume=args.resume, keep=args.keep)
     joint = out / "joint"
     k = joint_folder(Path(args.folder), joint)
     label = (JOINT[0], JOINT[1].format(k=k), JOINT[2])
     rows += common.run_all(out, ["--core50", f"folder:{joint}", "--weights", args.weights, "--first-classes", str(k)],
-                           [label], resume=args.resume, first=len(METHODS))
+                           [label], resume=args.resume, first=len(METHODS), keep=args.keep)
     load.append(os.getloadavg()[0])
     title = args.title or f"{Path(args.folder).name}: real images, {Path(args.weights).name}"
     common.plot(rows[:-1], Path(args.png), title, levels=[(rows[-1]["figure_label"], rows[-1]["final"])])
-    command = "folder_methods.py DIR --weights W" + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + " --readme README.md"
+    command = "folder_methods.py DIR --weights W" + (f" --jobs {args.jobs}" if args.jobs > 1 else "") + \
+        (" --keep" if args.keep else "") + " --readme README.md"
     block = f"{common.markdown_table(rows)}\n\n{common.provenance(made_at, load, command)}"
     print(block)
     if args.readme:

@@ -46,6 +46,8 @@ def row_from_results(path: Path, label: str, figure_label: str = "") -> Dict:
     """One table row from a run's results.json (the mean over its runs, as `latent-replay run` prints)."""
     result = json.loads(Path(path).read_text(encoding="utf-8"))
     s = result["summary"]
+    if result.get("stopped"):  # a run stopped early says so in its row and its line
+        label, figure_label = f"{label} ({result['stopped']})", f"{figure_label or label} ({result['stopped']})"
     return {"label": label, "figure_label": figure_label or label, "latent_layer": result["latent_layer"],
             "final": s["final_accuracy_mean"], "average": s["average_accuracy_mean"],
             "forgetting": s["forgetting_mean"], "bwt": s["backward_transfer_mean"],
@@ -59,15 +61,21 @@ def _run_command(args: Sequence[str], target: Path, extra: Sequence[str], resume
 
 
 def run_all(out: Path, extra: Sequence[str], methods: Sequence = METHODS, jobs: int = 1,
-            resume: bool = False, first: int = 0) -> List[Dict]:
+            resume: bool = False, first: int = 0, keep: bool = False) -> List[Dict]:
     """One `latent-replay run` per method (its arguments + `extra`) in OUT/mK (K from `first` on); their rows.
 
     Each run starts afresh unless `resume` (then a finished run is read back and a stopped one goes
-    on from its last saved batch). `jobs` > 1 runs that many at once as child processes, each with
-    an equal share of the cores (the median train times are then those of that many threads)."""
+    on from its last saved batch) or `keep` (every run with results is read back as it is, a stopped
+    one with where it stopped in its label; only the others run). `jobs` > 1 runs that many at once as
+    child processes, each with an equal share of the cores (the median train times are then those of
+    that many threads)."""
     targets = [out / f"m{first + i}" for i in range(len(methods))]
+    todo = [i for i, t in enumerate(targets) if not (keep and (t / "results.json").is_file())]
+    resume = resume or keep
+    codes = [0] * len(methods)
     if jobs <= 1:
-        codes = [cli(_run_command(args, t, extra, resume, None)) for (_, _, args), t in zip(methods, targets)]
+        for i in todo:
+            codes[i] = cli(_run_command(methods[i][2], targets[i], extra, resume, None))
     else:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -78,7 +86,8 @@ def run_all(out: Path, extra: Sequence[str], methods: Sequence = METHODS, jobs: 
             return subprocess.run([sys.executable, "-m", "latent_replay.cli"] + command, cwd=REPO).returncode
 
         with ThreadPoolExecutor(jobs) as pool:
-            codes = list(pool.map(child, range(len(methods))))
+            for i, code in zip(todo, pool.map(child, todo)):
+                codes[i] = code
     rows = []
     for (figure_label, label, _), target, code in zip(methods, targets, codes):
         if code != 0:
@@ -172,10 +181,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each with its share of the cores (default 1)")
     p.add_argument("--resume", action="store_true",
                    help="keep what --out holds: finished runs are read back, stopped ones go on")
+    p.add_argument("--keep", action="store_true",
+                   help="read back every run --out has results of, stopped ones as they are (their rows say where "
+                        "they stopped); run only the missing ones")
     p.add_argument("--readme", help="also write the table into this README, between its markers")
     args = p.parse_args(argv)
     made_at, load = commit(), [os.getloadavg()[0]]  # before anything runs: the README is written at the end
-    rows = run_all(Path(args.out), ["--seed", args.seed], jobs=args.jobs, resume=args.resume)
+    rows = run_all(Path(args.out), ["--seed", args.seed], jobs=args.jobs, resume=args.resume, keep=args.keep)
     load.append(os.getloadavg()[0])
     plot(rows, Path(args.png))
     block = f"{markdown_table(rows)}\n\n{provenance(made_at, load)}"
