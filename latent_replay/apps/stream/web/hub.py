@@ -104,6 +104,7 @@ def snapshot(app: Any, label: Optional[str], confidence: float, latency: float) 
     last = app.trainings[-1] if app.trainings else None
     return {
         "frame": app.frame_index,
+        "uptime_s": round(time.perf_counter() - app._t0, 4),  # when this snapshot was made
         "fps": round(app.fps, 2),
         "latency_ms": round(1e3 * latency, 2),
         "latency_ms_mean": round(1e3 * app.latency_sum / max(1, app.latency_count), 2),

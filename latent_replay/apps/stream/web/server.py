@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Set
 
@@ -33,7 +35,8 @@ from ..control import Command, CommandError
 from . import auth
 from .hub import Hub
 
-WRITE_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 5.0  # a stream client that takes nothing for this long is disconnected
+SEND_BUFFER = 65536  # the kernel's send buffer of a stream: a few frames at most, not megabytes
 COMMAND_TIMEOUT_S = 30.0
 EVENT_QUEUE = 256
 PAGE = Path(__file__).resolve().parents[3] / "data" / "stream_web.html"
@@ -78,6 +81,7 @@ class WebServer:
         self._ready = threading.Event()
         self.error: Optional[BaseException] = None
         self.open_streams = 0  # video and event responses in progress (the tests check none is left)
+        self.frames_sent = 0
 
     # -- life -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,20 +189,31 @@ class WebServer:
     async def _video(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=dict(NO_STORE, **{
             "Content-Type": "multipart/x-mixed-replace; boundary=frame"}))
+        _small_send_buffer(request)
         await response.prepare(request)
         self.hub.watch(+1)
         self.open_streams += 1
         try:
-            version = -1
+            version, stalled_since = -1, None
             while not self._stop.is_set():
                 frame, now = self.hub.latest_frame()
                 if frame is None or now == version:
                     await self._frame_event.wait()
                     continue
                 version = now
+                transport = request.transport
+                if transport is None:
+                    break
+                if transport.get_write_buffer_size() > 0:  # the last frame is not taken yet: skip this one
+                    stalled_since = stalled_since or time.monotonic()
+                    if time.monotonic() - stalled_since > WRITE_TIMEOUT_S:
+                        raise asyncio.TimeoutError
+                    continue
+                stalled_since = None
                 part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(frame)
                         + frame + b"\r\n")
                 await asyncio.wait_for(response.write(part), WRITE_TIMEOUT_S)
+                self.frames_sent += 1
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             _abort(request)  # a reader that does not keep up, or one that went away
         finally:
@@ -210,12 +225,15 @@ class WebServer:
         for _ in range(50):  # the loop's first snapshot comes within a frame or two
             state = self.hub.latest_state()
             if state is not None:
+                state["clients"] = {"video": self.hub.video_clients, "events": len(self._clients),
+                                    "streams": self.open_streams}
                 return web.json_response(state, headers=NO_STORE)
             await asyncio.sleep(0.1)
         return _error(503, "no state yet: the live loop has not started")
 
     async def _event_stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=dict(NO_STORE, **{"Content-Type": "text/event-stream"}))
+        _small_send_buffer(request)
         await response.prepare(request)
         client = _Client()
         state = self.hub.latest_state()
@@ -286,6 +304,20 @@ class WebServer:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"ok": False, "error": message}, status=status)
+
+
+def _small_send_buffer(request: web.Request) -> None:
+    """A stream's socket keeps at most SEND_BUFFER bytes for a client that does not read (the
+    kernel would otherwise grow it to megabytes: seconds of old frames, and no stall to see)."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass
+    if transport is not None:
+        transport.set_write_buffer_limits(high=SEND_BUFFER)
 
 
 def _abort(request: web.Request) -> None:
