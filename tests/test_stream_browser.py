@@ -70,8 +70,10 @@ def wait(driver, what, limit_s: float = 60, why: str = ""):
 
 
 def classes_shown(driver):
-    return {li.get_attribute("data-name"): li.find_element(By.CSS_SELECTOR, ".dim").text
-            for li in driver.find_elements(By.CSS_SELECTOR, "#classes li[data-name]")}
+    """name -> its frame count as the page shows them (read in one go: the list is redrawn live)."""
+    return driver.execute_script(
+        "const r = {}; for (const li of document.querySelectorAll('#classes li[data-name]'))"
+        " r[li.querySelector('.name').textContent] = li.querySelector('.dim').textContent; return r;")
 
 
 def teach_by_clicking(driver, name: str) -> None:

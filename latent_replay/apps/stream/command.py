@@ -209,7 +209,7 @@ def _add_arguments(p: argparse.ArgumentParser, serve: bool) -> None:
                                         "characters); default: a new random token, printed at start in the link")
     p.add_argument("--schedule", help="JSON file: what to teach at which frames, and ground truth (headless)")
     p.add_argument("--commands", action="store_true",
-                   help="headless without schedule: read 'teach NAME' / 'quit' lines from stdin")
+                   help="headless without schedule: read command lines from stdin: teach NAME, more NAME, rename OLD -> NEW, forget NAME, pause, resume, save, quit")
     p.add_argument("--log", help="write a JSON-lines log: one line per frame, per training, and a summary")
     p.add_argument("--record", help="write the frames with the overlay to this video (mp4v)")
     p.add_argument("--record-fps", type=float, default=15.0, help="frame rate of --record (default 15)")
