@@ -70,3 +70,24 @@ def test_forgotten_name_frees_its_output():
 def test_forget_out_of_range(trained):
     with pytest.raises(ValueError, match="out of range"):
         trained[0].forget_class(CLASSES)
+
+
+def test_stdin_lines_and_keys_make_the_same_commands():
+    from latent_replay.apps.stream.control import CommandError, check_name, key_command, parse_line
+
+    assert (parse_line("teach red mug").kind, parse_line("teach red mug").name) == ("teach", "red mug")
+    r = parse_line("rename red mug -> blue mug")
+    assert (r.kind, r.name, r.new_name) == ("rename", "red mug", "blue mug")
+    assert [parse_line(w).kind for w in ("forget x", "more x", "pause", "resume", "save", "quit")] == \
+        ["forget", "more", "pause", "resume", "save", "quit"]
+    assert parse_line("   ") is None
+    for bad in ("teach", "rename a b", "dance", "pause now"):
+        with pytest.raises(CommandError):
+            parse_line(bad)
+    assert key_command(ord("2"), ["a", "b"]).name == "b" and key_command(ord("q"), []).kind == "quit"
+    with pytest.raises(CommandError, match="no class 3"):
+        key_command(ord("3"), ["a", "b"])
+    assert check_name("  <script>  ") == "<script>"
+    for bad in ("", "x" * 41, "a\tb", None):
+        with pytest.raises(CommandError):
+            check_name(bad)
