@@ -22,7 +22,10 @@ ORT_CPU = "onnxruntime>=1.16"
 # inside one 776 MB wheel (no other packages) and runs on the CPU; it is built for numpy 1.x.
 TORCH = ['torch==1.12.1; python_version < "3.11"', 'numpy<2; python_version < "3.11"',
          'torch==2.13.0; python_version >= "3.11"']
-TEST = ["pytest>=7"] + TORCH
+# The web page of `stream --serve` / `serve`: aiohttp (3.8 still installs on Python 3.8).
+WEB = ["aiohttp>=3.8"]
+# The browser test drives the system's Chromium (Debian: apt-get install chromium chromium-driver).
+TEST = ["pytest>=7", "selenium>=4.10"] + WEB + TORCH
 
 setup(
     name="latent-replay",
@@ -49,6 +52,7 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.16", "pycuda>=2022.1", "nvidia-ml-py>=11"],
         # The optional engine: ORT's training artifacts (last release 1.19.2: x86_64, Python <= 3.12).
         "training": ["onnxruntime-training-cpu==1.19.2", "onnx>=1.14,<=1.17"],
+        "web": WEB,
         "test": [ORT_CPU] + TEST,
         "bench": [ORT_CPU, "psutil>=5.8"] + TORCH,
         # `latent-replay sweep`: Ray runs the cells (without it: sweep --local), PyYAML reads YAML grid files.

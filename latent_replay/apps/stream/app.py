@@ -16,6 +16,7 @@ import numpy as np
 from ...runtime.sources.base import SourceError
 from .common import WINDOW, StreamError
 from . import live
+from .control import Command, CommandError, Controller, EventFeed, key_command, parse_line
 from .live import ClassBook, Collecting, CommandReader, EventLog, LivePredictor
 from .options import StreamOptions
 from .schedule import Schedule
@@ -43,6 +44,11 @@ class StreamApp:
         self._writer: Any = None
         self._t0 = time.perf_counter()
         self._commands = CommandReader() if opts.headless and schedule is None and opts.commands else None
+        self.control = Controller(self)  # the one way in for stdin lines, window keys and the web server
+        self.events = EventFeed()
+        self.paused = False
+        self.held: List[Any] = []  # collected batches waiting for `resume`
+        self.hub: Any = None  # the web server's side (web.hub.Hub) when serving
 
     # -- frames ---------------------------------------------------------------------------------
     def next_frame(self) -> Optional[np.ndarray]:
@@ -51,7 +57,8 @@ class StreamApp:
         if frame is not None or not getattr(self.source, "is_live", False):
             return frame
         wait = self.opts.reconnect_seconds
-        print(f"the camera {self.opts.source} stopped delivering frames; retrying for {wait:g} s ...", file=sys.stderr)
+        how_long = "until it is back" if wait == float("inf") else f"for {wait:g} s"
+        print(f"the camera {self.opts.source} stopped delivering frames; retrying {how_long} ...", file=sys.stderr)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and not self.quit:
             self.apply_updates()
@@ -103,8 +110,13 @@ class StreamApp:
         self.schedule_step(i)
         self.collect(i, latent)
         self._tick()
-        if self.opts.record or not self.opts.headless or self._screenshot_now(i):
-            self.show(frame, label, confidence, latency)
+        serve = self.hub is not None and self.hub.wants_frame()
+        if self.opts.record or not self.opts.headless or self._screenshot_now(i) or serve:
+            view = self.show(frame, label, confidence, latency)
+            if serve:
+                self.hub.publish_view(view)
+        if self.hub is not None:
+            self.hub.after_frame(self, label, confidence, latency)
         self.poll_input()
 
     def _screenshot_now(self, i: int) -> bool:
@@ -119,21 +131,26 @@ class StreamApp:
         self._last_t = now
 
     # -- teaching -------------------------------------------------------------------------------
-    def start_teaching(self, name: str, wanted: int) -> None:
-        name = name.strip()
-        if not name:
+    def start_teaching(self, name: str, wanted: int, origin: str = "key") -> None:
+        """Teach `name` with `wanted` frames through the command API; a refusal is said on screen
+        (a scripted session's refusal is an error)."""
+        if not name.strip():
             return
-        if self.collecting is not None:
-            self.say(f"still collecting '{self.collecting.name}'")
-            return
+        self.run_command(Command("teach", name, frames=wanted, origin=origin))
+
+    def run_command(self, command: Command) -> None:
+        """Run a command of this thread (a key, a stdin line, the schedule) now; refusals are said."""
         try:
-            label = self.book.index(name)
-        except StreamError as e:
-            if self.schedule is not None:
-                raise
+            self.control.execute(command)
+        except CommandError as e:
+            if command.origin == "schedule":
+                raise StreamError(str(e)) from None
             self.say(str(e))
-            return
+
+    def start_collecting(self, name: str, label: int, wanted: int) -> None:
+        """The teaching itself (called by the controller): collect `wanted` frames from now."""
         self.collecting = Collecting(name, label, wanted, self.frame_index)
+        self.events.emit("collecting", label=name, frames=wanted, frame=self.frame_index)
         print(f"frame {self.frame_index}: collecting {wanted} frames of '{name}'", file=sys.stderr)
 
     def schedule_step(self, i: int) -> None:
@@ -141,7 +158,41 @@ class StreamApp:
             return
         for seg in self.schedule.teach:
             if seg.first == i:
-                self.start_teaching(seg.label, seg.last - seg.first + 1)
+                self.start_teaching(seg.label, seg.last - seg.first + 1, origin="schedule")
+
+    def forget(self, label: int) -> None:
+        """Forget a class (called by the controller): its collection stops, held batches of it are
+        dropped, and the teacher forgets it after what is queued (`Learner.forget_class`)."""
+        from .teacher import ForgetJob
+
+        name = self.book.names[label]
+        if self.collecting is not None and self.collecting.label == label:
+            self.collecting = None
+        self.held = [j for j in self.held if j.label != label]
+        meta = self.book.meta()
+        meta["trained"] = [c for c in meta["trained"] if c != label]
+        meta["class_names"][label] = ""
+        meta["frames"][label] = 0
+        self.teacher.submit(ForgetJob(label, name, meta))
+        self.say(f"forgetting '{name}'")
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause: collected batches are held, not trained, until resume (a running batch finishes)."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        self.events.emit("paused" if paused else "resumed", held=len(self.held))
+        if not paused:
+            for job in self.held:
+                self.teacher.submit(job)
+            self.held = []
+        self.say("learning paused" if paused else "learning resumed")
+
+    def queue_save(self) -> None:
+        """Save the learner and the class book as they are now, after what the teacher has queued."""
+        from .teacher import SaveJob
+
+        self.teacher.submit(SaveJob(self.book.meta()))
 
     def collect(self, i: int, latent: np.ndarray) -> None:
         c = self.collecting
@@ -152,23 +203,47 @@ class StreamApp:
             return
         from .teacher import TrainJob
 
-        self.teacher.submit(TrainJob(c.label, c.name, np.stack(c.latents), c.first_frame, i, i))
-        print(f"frame {i}: training '{c.name}' on {len(c.latents)} frames in the background", file=sys.stderr)
+        meta = self.book.meta()  # saved with the trained learner: the class counts as trained there
+        meta["trained"] = sorted(set(meta["trained"]) | {c.label})
+        meta["frames"][c.label] += len(c.latents)
+        job = TrainJob(c.label, c.name, np.stack(c.latents), c.first_frame, i, i, meta)
         self.collecting = None
+        self.events.emit("collected", label=c.name, frames=len(c.latents), frame=i, held=self.paused)
+        if self.paused:
+            self.held.append(job)
+            self.say(f"collected '{c.name}': held until learning is resumed")
+            return
+        self.teacher.submit(job)
+        print(f"frame {i}: training '{c.name}' on {len(c.latents)} frames in the background", file=sys.stderr)
 
     def apply_updates(self) -> None:
         """Load the newest finished batch's weights (between frames) and log every finished batch."""
         updates = self.teacher.take_updates()
         if not updates:
             return
+        params = None
         for u in updates:
+            params = u.params if u.params is not None else params
+            if u.kind == "save":
+                self.events.emit("saved")
+                continue
+            if u.kind == "forget":
+                self.book.forget(u.job.label)
+                self.log.write("forget", **u.record, frame=self.frame_index)
+                self.events.emit("forgot", **u.record)
+                print(f"frame {self.frame_index}: forgot '{u.job.name}' ({u.record['patterns_dropped']} replay "
+                      f"patterns dropped)", file=sys.stderr)
+                continue
             self.book.trained.add(u.job.label)
+            self.book.frames[u.job.label] = self.book.frames.get(u.job.label, 0) + u.record["frames"]
             record = dict(u.record, end_frame=self.frame_index)
             self.trainings.append(record)
             self.log.write("training", **record)
+            self.events.emit("training", **record)
             print(f"frame {self.frame_index}: learned '{record['label']}' ({record['frames']} frames, "
                   f"{record['duration_s']:.2f} s, loss {record['loss']:.3f})", file=sys.stderr)
-        self.predictor.load(updates[-1].params, updates[-1].record["batch"] + 1)
+        if params is not None:
+            self.predictor.load(params, self.predictor.version + sum(u.kind == "training" for u in updates))
 
     # -- display and input ----------------------------------------------------------------------
     def say(self, message: str, seconds: float = 3.0) -> None:
@@ -186,7 +261,7 @@ class StreamApp:
             training=self.teacher.progress(), queued=self.teacher.queued, typing=self.typing,
             message=self.message if time.monotonic() < self._message_until else "")
 
-    def show(self, frame: np.ndarray, label: Optional[str], confidence: float, latency: float) -> None:
+    def show(self, frame: np.ndarray, label: Optional[str], confidence: float, latency: float) -> np.ndarray:
         from .overlay import render
 
         view = render(frame, self.overlay_info(label, confidence, latency), self.opts.display_size)
@@ -198,6 +273,7 @@ class StreamApp:
             import cv2
 
             cv2.imshow(WINDOW, view)
+        return view
 
     def record(self, view: np.ndarray) -> None:
         import cv2
@@ -223,31 +299,36 @@ class StreamApp:
             line = self._commands.poll()
             if line:
                 self.on_command(line)
+        self.control.apply_pending()  # the web server's commands
 
     def on_command(self, line: str) -> None:
-        word, _, rest = line.partition(" ")
-        if word == "teach" and rest.strip():
-            self.start_teaching(rest, self.opts.teach_frames)
-        elif word == "quit":
-            self.quit = True
-        else:
-            self.say(f"unknown command {line!r}: use 'teach NAME' or 'quit'")
+        """A stdin line (--commands), through the command API."""
+        try:
+            command = parse_line(line)
+        except CommandError as e:
+            self.say(str(e))
+            return
+        if command is not None:
+            self.run_command(command)
 
     def on_key(self, key: int) -> None:
+        """A window key, through the command API (t starts typing a name: `_on_typing_key`)."""
         if key == 255:
             return
         if self.typing is not None:
             self._on_typing_key(key)
-        elif key in (ord("q"), 27):
-            self.quit = True
         elif key == ord("t"):
             self.typing = ""
-        elif ord("1") <= key <= ord("9"):
-            k = key - ord("1")
-            if k < len(self.book.names):
-                self.start_teaching(self.book.names[k], self.opts.teach_frames)
-            else:
-                self.say(f"no class {k + 1} yet: press t to teach a new one")
+        elif key == ord("p"):
+            self.run_command(Command("resume" if self.paused else "pause", origin="key"))
+        else:
+            try:
+                command = key_command(key, self.book.names)
+            except CommandError as e:
+                self.say(str(e))
+                return
+            if command is not None:
+                self.run_command(command)
 
     def _on_typing_key(self, key: int) -> None:
         if key in (13, 10):

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +44,7 @@ def run_stream(opts: StreamOptions) -> int:
             check_output_file(path, option)
     schedule = load_schedule(opts.schedule) if opts.schedule else None
     from ..run.experiment import RUN_MARKERS
+    from .web.session import prepare
 
     check_folder(Path(opts.state), STATE_MARKERS, "--state", "a stream state (no learner/ or artifacts/)",
                  others=[(RUN_MARKERS[:2], "the output folder of `latent-replay run`")])
@@ -49,7 +53,13 @@ def run_stream(opts: StreamOptions) -> int:
     method = opts.method or (saved["meta"]["config"]["method"] if saved else "cwr")
     _check_plan(opts, method, saved)
     _check_display(opts)  # no window support fails before any export
-    source = open_primed(opts.source, _input_size(opts), opts.seed)  # a bad camera fails before any export
+    listening = prepare(opts)  # the address, the token, the port bound: before anything is written
+    try:
+        source = open_primed(opts.source, _input_size(opts), opts.seed)  # a bad camera fails before any export
+    except BaseException:
+        if listening is not None:
+            listening.close()
+        raise
     try:
         with FolderLock(Path(opts.state), "--state"):
             artifacts, manifest = resolve_artifacts(opts, method, saved)
@@ -63,26 +73,56 @@ def run_stream(opts: StreamOptions) -> int:
             log = EventLog(opts.log)
             print(f"stream: {opts.source} -> {manifest.latent_layer} ({learner.config.method}), "
                   f"{len(book.known)} known classes, state {opts.state}", file=sys.stderr)
-            _run(opts, source, predictor, learner, book, schedule, log, Teacher)
+            _run(opts, source, predictor, learner, book, schedule, log, Teacher, listening, artifacts)
     finally:
         source.close()
+        if listening is not None:
+            listening.close()
     return 0
 
 
-def _run(opts, source, predictor, learner, book, schedule, log, teacher_cls) -> None:
-    """Run the loop with a teacher; whatever happens, train what is queued, save, and close."""
+def _saver(opts: StreamOptions, book):
+    """The teacher's save after each job: with the class book the job carries (as it is once the job is
+    applied), else the book as it is."""
+    def save(learner, job) -> None:
+        meta = getattr(job, "book_meta", None)
+        save_learner(opts, learner, meta if meta is not None else book.meta())
+    return save
+
+
+def _on_sigterm(app_ref):
+    def handler(signum, frame) -> None:
+        app = app_ref()
+        print("SIGTERM: saving and stopping", file=sys.stderr, flush=True)
+        if app is not None:
+            app.quit = True
+    return handler
+
+
+def _run(opts, source, predictor, learner, book, schedule, log, teacher_cls, listening=None, artifacts=None) -> None:
+    """Run the loop with a teacher (and the web server); whatever happens, train what is queued, save,
+    and close. SIGTERM (a service being stopped) ends the loop the same way as q or quit."""
+    from .web.session import Serving
+
     app: Optional[StreamApp] = None
-    teacher = teacher_cls(learner, lambda: app.frame_index if app else 0,
-                          lambda lrn, job: save_learner(opts, lrn, book.meta()))
+    teacher = teacher_cls(learner, lambda: app.frame_index if app else 0, _saver(opts, book))
     app = StreamApp(opts, source, predictor, teacher, book, schedule, log)
+    serving = Serving(listening, app, opts, artifacts) if listening is not None else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm(lambda: app)) if main_thread else None
     switch = sys.getswitchinterval()
     # While the worker runs Python code, the live loop waits for the GIL after every ORT or OpenCV
     # call, up to the switch interval each time (5 ms by default): hand it over sooner.
     sys.setswitchinterval(GIL_SWITCH_S)
     try:
+        if serving is not None:
+            serving.start()
         app.run()
     finally:
         sys.setswitchinterval(switch)
+        app.control.fail_pending("the session is stopping")
+        if app.held:
+            print(f"stopped with learning paused: {len(app.held)} collected batch(es) not trained", file=sys.stderr)
         if app.collecting is not None:
             print(f"stopped while collecting '{app.collecting.name}' ({len(app.collecting.latents)}/"
                   f"{app.collecting.wanted} frames): not trained", file=sys.stderr)
@@ -95,6 +135,10 @@ def _run(opts, source, predictor, learner, book, schedule, log, teacher_cls) -> 
         log.close()
         if opts.screenshot and app.last_view is not None:
             _write_image(opts.screenshot, app.last_view)
+        if serving is not None:
+            serving.stop()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     acc = summary["accuracy"]
     print(f"{summary['frames']} frames, {summary['trainings']} trainings, known: "
           f"{', '.join(summary['known_classes']) or 'none'}; latency {summary['latency_ms_mean']:.1f} ms mean"
@@ -110,6 +154,7 @@ def _write_image(path: str, image: np.ndarray) -> None:
 
 
 def add_stream_command(sub: argparse._SubParsersAction) -> None:
+    """`stream` (the demo) and `serve` (the same with a board service's defaults)."""
     p = sub.add_parser(
         "stream", help="live demo: predict from a camera and learn new objects on the fly",
         description="Predict every frame of a camera (or video file, GStreamer pipeline, synthetic objects) "
@@ -118,6 +163,16 @@ def add_stream_command(sub: argparse._SubParsersAction) -> None:
                     "in when done. --headless with --schedule runs a scripted session and logs it. The learner "
                     "lives in --state and is saved after every batch and on exit. --weights defaults to the "
                     "cached caffe weights (`latent-replay fetch weights`), else random.")
+    _add_arguments(p, serve=False)
+    p = sub.add_parser(
+        "serve", help="the stream demo as a board service: headless, the web page on, the camera reconnected",
+        description="`latent-replay stream --serve` with a service's defaults: no window, the web page at --serve "
+                    "(default 127.0.0.1:8080; 0.0.0.0:PORT for the network, with the access token), a camera "
+                    "that stops retried for ever, SIGTERM saves and stops. See the README for a systemd unit.")
+    _add_arguments(p, serve=True)
+
+
+def _add_arguments(p: argparse.ArgumentParser, serve: bool) -> None:
     p.add_argument("--source", default="0",
                    help="camera index (default 0), /dev/videoN, a GStreamer pipeline (ending in appsink), a video "
                         "file, or synthetic[:N] for the built-in synthetic objects")
@@ -142,10 +197,19 @@ def add_stream_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replay-memory", type=int, default=DEFAULT_MEMORY,
                    help=f"replay memory size in patterns (default {DEFAULT_MEMORY})")
     p.add_argument("--smooth", type=int, default=5, help="frames the prediction is averaged over (default 5)")
-    p.add_argument("--headless", action="store_true", help="no window (for boards without a display, and tests)")
+    p.add_argument("--headless", action="store_true", default=serve,
+                   help="no window (for boards without a display, and tests)" + ("; always on for serve" if serve else ""))
+    p.add_argument("--serve", nargs="?", const="127.0.0.1:8080", default="127.0.0.1:8080" if serve else None,
+                   metavar="[HOST:]PORT",
+                   help="serve the live view and the controls over HTTP (default 127.0.0.1:8080; "
+                        "0.0.0.0:PORT for every interface; port 0 picks a free one); needs pip install "
+                        "\"latent-replay[web]\"")
+    p.add_argument("--serve-fps", type=float, default=10.0, help="frames a second sent to the page (default 10)")
+    p.add_argument("--token-file", help="the access token of the page and API (first line, >= 16 URL-safe "
+                                        "characters); default: a new random token, printed at start in the link")
     p.add_argument("--schedule", help="JSON file: what to teach at which frames, and ground truth (headless)")
     p.add_argument("--commands", action="store_true",
-                   help="headless without schedule: read 'teach NAME' / 'quit' lines from stdin")
+                   help="headless without schedule: read command lines from stdin: teach NAME, more NAME, rename OLD -> NEW, forget NAME, pause, resume, save, quit")
     p.add_argument("--log", help="write a JSON-lines log: one line per frame, per training, and a summary")
     p.add_argument("--record", help="write the frames with the overlay to this video (mp4v)")
     p.add_argument("--record-fps", type=float, default=15.0, help="frame rate of --record (default 15)")
@@ -154,8 +218,9 @@ def add_stream_command(sub: argparse._SubParsersAction) -> None:
                    help="which frame --screenshot shows (default -1: the last one)")
     p.add_argument("--display-size", type=int, default=384, help="side of the shown image in pixels (default 384)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (default 0: no limit)")
-    p.add_argument("--reconnect-seconds", type=float, default=10.0,
-                   help="how long to retry a camera that stops delivering frames (default 10)")
+    p.add_argument("--reconnect-seconds", type=float, default=math.inf if serve else 10.0,
+                   help="how long to retry a camera that stops delivering frames (default "
+                        + ("for ever)" if serve else "10)"))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="execution provider (default cpu)")
     p.add_argument("--engine", choices=["step", "ort-training"], default="step",
                    help="training engine: step (default, any onnxruntime) or ort-training (needs onnxruntime-training)")

@@ -58,16 +58,24 @@ def open_source(spec: str, input_size: int, seed: int = 0) -> Any:
 
 
 class ClassBook:
-    """Class names <-> output indices, in order of first use; `trained` are those the head knows."""
+    """Class names <-> output indices, in order of first use; `trained` are those the head knows.
+    A forgotten class leaves its output free (name "") for the next new name; `frames` counts the
+    frames each output was taught with."""
 
-    def __init__(self, capacity: int, names: Sequence[str] = (), trained: Sequence[int] = ()) -> None:
+    def __init__(self, capacity: int, names: Sequence[str] = (), trained: Sequence[int] = (),
+                 frames: Sequence[int] = ()) -> None:
         self.capacity = int(capacity)
         self.names: List[str] = list(names)
         self.trained = set(int(t) for t in trained)
+        self.frames: Dict[int, int] = {i: int(n) for i, n in enumerate(frames) if n}
 
     def index(self, name: str) -> int:
         if name in self.names:
             return self.names.index(name)
+        if "" in self.names:  # a forgotten class's output
+            free = self.names.index("")
+            self.names[free] = name
+            return free
         if len(self.names) >= self.capacity:
             raise StreamError(f"cannot add class {name!r}: all {self.capacity} classes are used "
                               f"(start over with a new --state and a larger --classes)")
@@ -78,8 +86,14 @@ class ClassBook:
     def known(self) -> List[int]:
         return sorted(self.trained)
 
+    def forget(self, label: int) -> None:
+        self.trained.discard(label)
+        self.frames.pop(label, None)
+        self.names[label] = ""
+
     def meta(self) -> Dict[str, Any]:
-        return {"class_names": list(self.names), "trained": self.known}
+        return {"class_names": list(self.names), "trained": self.known,
+                "frames": [self.frames.get(i, 0) for i in range(len(self.names))]}
 
 
 class LivePredictor:
@@ -91,6 +105,7 @@ class LivePredictor:
         self.classes = int(back.manifest.classes)
         self._recent: "deque[np.ndarray]" = deque(maxlen=max(1, smooth))
         self.version = 0  # number of batches whose weights are loaded
+        self.last_mean: Optional[np.ndarray] = None  # the smoothed probabilities of the last frame
 
     def load(self, params: Dict[str, np.ndarray], batches: int) -> None:
         self.back.load_parameters(params)
@@ -113,7 +128,10 @@ class LivePredictor:
         self._recent.append(probs)
         if not self.book.known:
             return None, 0.0
-        mean = np.mean(self._recent, axis=0)
+        mean = np.zeros(self.classes)
+        known = self.book.known  # a class forgotten since is out of the running at once
+        mean[known] = np.mean(self._recent, axis=0)[known]
+        self.last_mean = mean
         c = int(mean.argmax())
         return self.book.names[c], float(mean[c])
 

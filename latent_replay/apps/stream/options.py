@@ -44,6 +44,9 @@ class StreamOptions:
     preprocessing: Optional[str] = None
     seed: int = 0
     width: Optional[float] = None
+    serve: Optional[str] = None  # [HOST:]PORT of the web page (stream --serve, latent-replay serve)
+    serve_fps: float = 10.0
+    token_file: Optional[str] = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamOptions":

@@ -135,7 +135,7 @@ def save_learner(opts: StreamOptions, learner: Any, book_meta: Dict[str, Any]) -
 
 def _book_from(saved: Optional[Dict[str, Any]], capacity: int, schedule: Optional[Schedule]) -> ClassBook:
     meta = (saved or {}).get("meta", {}).get(STREAM_META, {})
-    book = ClassBook(capacity, meta.get("class_names", []), meta.get("trained", []))
+    book = ClassBook(capacity, meta.get("class_names", []), meta.get("trained", []), meta.get("frames", []))
     if schedule is not None:
         names = schedule.names()
         new = [n for n in names if n not in book.names]

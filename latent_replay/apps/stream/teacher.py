@@ -28,6 +28,10 @@ class YieldingProgress(LearnerHooks):
 
     def __init__(self) -> None:
         self.done, self.total = 0, 0
+        self.loss: Optional[float] = None  # of the last step
+
+    def after_step(self, learner: Any, loss: float) -> None:
+        self.loss = float(loss)
 
     def begin_batch(self, learner: Any, batch_index: int, plan: Any, steps: int) -> None:
         self.done, self.total = 0, steps
@@ -47,15 +51,36 @@ class TrainJob:
     first_frame: int
     last_frame: int
     submitted_frame: int
+    book_meta: Optional[Dict[str, Any]] = None  # the class book to save with the trained learner
+
+
+@dataclass
+class ForgetJob:
+    """Forget one class (`Learner.forget_class`), then save with `book_meta` (the book without it)."""
+
+    label: int
+    name: str
+    book_meta: Dict[str, Any]
+
+
+@dataclass
+class SaveJob:
+    """Save the learner now, with `book_meta`; in the queue's order, so after what was submitted before."""
+
+    book_meta: Dict[str, Any]
 
 
 @dataclass
 class Update:
     """What a finished batch publishes: new parameters and a record for the log."""
 
-    params: Dict[str, np.ndarray]
+    params: Optional[Dict[str, np.ndarray]]  # None: a job that changed no weights (a save)
     record: Dict[str, Any] = field(default_factory=dict)
-    job: Optional[TrainJob] = None
+    job: Any = None
+
+    @property
+    def kind(self) -> str:
+        return {TrainJob: "training", ForgetJob: "forget"}.get(type(self.job), "save")
 
 
 class Teacher:
@@ -63,11 +88,13 @@ class Teacher:
 
     `learner` is used only by the worker once the teacher is started (until `close`).
     `frame_now` tells the worker which frame the live loop is at (for the log); `after_batch` runs
-    on the worker after each published batch (the stream saves the learner state there).
+    on the worker after each published job (the stream saves the learner state there). Besides
+    `TrainJob`s the queue takes `ForgetJob`s and `SaveJob`s: everything that touches the learner
+    runs on the worker, in the order it was submitted.
     """
 
     def __init__(self, learner: Any, frame_now: Callable[[], int],
-                 after_batch: Optional[Callable[[Any, TrainJob], None]] = None) -> None:
+                 after_batch: Optional[Callable[[Any, Any], None]] = None) -> None:
         self.learner = learner
         self._steps = YieldingProgress()
         learner.hooks.append(self._steps)
@@ -83,7 +110,7 @@ class Teacher:
         self._thread.start()
 
     # -- live-loop side -------------------------------------------------------------------------
-    def submit(self, job: TrainJob) -> None:
+    def submit(self, job: Any) -> None:
         with self._lock:
             self._outstanding += 1
         self._jobs.put(job)
@@ -105,6 +132,10 @@ class Teacher:
         if current is None:
             return None
         return current, min(1.0, self._steps.done / max(1, self._steps.total))
+
+    def steps(self) -> Dict[str, Any]:
+        """The running batch's step i of n and the last step's loss (for the web page)."""
+        return {"step": self._steps.done, "steps": self._steps.total, "loss": self._steps.loss}
 
     def take_updates(self) -> List[Update]:
         """Finished batches since the last call (oldest first); re-raises a worker failure."""
@@ -140,7 +171,10 @@ class Teacher:
             if job is None:
                 return
             try:
-                self._train(job)
+                if isinstance(job, TrainJob):
+                    self._train(job)
+                else:
+                    self._other(job)
             except BaseException as e:  # handed to the live loop by take_updates
                 with self._lock:
                     self._outstanding -= 1
@@ -163,8 +197,21 @@ class Teacher:
         with self._lock:
             self._updates.append(Update(params, record, job))
             self._current = None
+        self._follow_up(job)
+
+    def _other(self, job: Any) -> None:
+        """A ForgetJob (new weights published) or a SaveJob (nothing but the save)."""
+        params, record = None, {}
+        if isinstance(job, ForgetJob):
+            record = dict(label=job.name, **{"class": job.label}, **self.learner.forget_class(job.label))
+            params = {n: v.copy() for n, v in self.learner.params.items()}
+        with self._lock:
+            self._updates.append(Update(params, record, job))
+        self._follow_up(job)
+
+    def _follow_up(self, job: Any) -> None:
         if self._after_batch is not None:
             try:
-                self._after_batch(learner, job)
-            except BaseException as e:  # the batch is published; only the follow-up failed
+                self._after_batch(self.learner, job)
+            except BaseException as e:  # the job is published; only the follow-up failed
                 self.error = e

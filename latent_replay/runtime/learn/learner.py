@@ -194,6 +194,28 @@ class Learner:
             hook.after_step(self, loss)
         return loss
 
+    def forget_class(self, label: int) -> Dict[str, Any]:
+        """Forget one class: its output row is zeroed (with CWR*, its consolidated row and its count
+        too, so a later teaching of that output starts as if it had never been trained), its replay
+        patterns are dropped, and its patterns leave the cumulative data. The layers below the output
+        that AR1*/AR1*-free trained keep their changes (they are shared by all classes); SI's
+        importance stays. Returns {"patterns_dropped": n}."""
+        label = int(label)
+        if not 0 <= label < self.classes:
+            raise ValueError(f"class {label} out of range 0..{self.classes - 1}")
+        head = np.array(self.back.get(self.head), np.float32)
+        head[label] = 0.0
+        self.back.set(self.head, head)
+        if self.cwr is not None:
+            self.cwr.cw[label] = 0.0
+            self.cwr.past[label] = 0
+        dropped = self.pool.drop_class(label) if self.pool is not None else 0
+        if self._seen[0]:
+            latents, labels = np.concatenate(self._seen[0]), np.concatenate(self._seen[1])
+            keep = labels != label
+            self._seen = ([latents[keep]], [labels[keep]])
+        return {"patterns_dropped": int(dropped)}
+
     # -- inference ---------------------------------------------------------------------------
     def logits(self, latents: np.ndarray) -> np.ndarray:
         latents = np.asarray(latents)

@@ -225,6 +225,19 @@ class ReplayPoolBase(abc.ABC):
     def _decode_into(self, idx: np.ndarray, out: np.ndarray) -> None:
         out[...] = self._gather_host(idx)
 
+    def drop_class(self, label: int) -> int:
+        """Remove every pattern of `label`; the others move up to fill the slots in their order (the
+        freed slots at the end are filled first by the next batches). Returns how many were dropped."""
+        keep = np.flatnonzero(self._labels[: self._size] != int(label)).astype(np.int64)
+        dropped = self._size - len(keep)
+        if dropped:
+            stored, labels = self._read_stored(keep), self._labels[keep].copy()
+            if len(keep):
+                self._write(np.arange(len(keep), dtype=np.int64), stored, labels)
+            self._labels[: len(keep)] = labels
+            self._size = len(keep)
+        return dropped
+
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Numpy arrays and JSON-able scalars; `np.savez(**pool.state_dict())` can store it."""
