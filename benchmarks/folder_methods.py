@@ -74,12 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="runs/folder-methods",
                    help="folder for the runs (each one started afresh unless --resume)")
     p.add_argument("--png", default="docs/folder_methods.png", help="where to write the figure")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, each with its share of the cores (default 1)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep what --out holds: finished runs are read back, stopped ones go on")
-    p.add_argument("--keep", action="store_true",
-                   help="read back every run --out has results of, stopped ones as they are (their rows say where "
-                        "they stopped); run only the missing ones")
+    common.add_run_options(p)
     p.add_argument("--readme", help="also write the table into this README, between its markers")
     p.add_argument("--title", default="", help="figure title (default: the folder's name)")
     args = p.parse_args(argv)

@@ -173,17 +173,22 @@ def plot(rows: List[Dict], path: Path, title: str = "synthetic stream (10 object
     fig.savefig(path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/synthetic-methods", help="folder for the runs (each one started afresh unless --resume)")
-    p.add_argument("--png", default="docs/synthetic_methods.png", help="where to write the figure")
-    p.add_argument("--seed", default="0", help="stream and weights seed")
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--jobs, --resume and --keep (see run_all), for every script that runs its rows with run_all."""
     p.add_argument("--jobs", type=int, default=1, help="runs at once, each with its share of the cores (default 1)")
     p.add_argument("--resume", action="store_true",
                    help="keep what --out holds: finished runs are read back, stopped ones go on")
     p.add_argument("--keep", action="store_true",
                    help="read back every run --out has results of, stopped ones as they are (their rows say where "
                         "they stopped); run only the missing ones")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/synthetic-methods", help="folder for the runs (each one started afresh unless --resume)")
+    p.add_argument("--png", default="docs/synthetic_methods.png", help="where to write the figure")
+    p.add_argument("--seed", default="0", help="stream and weights seed")
+    add_run_options(p)
     p.add_argument("--readme", help="also write the table into this README, between its markers")
     args = p.parse_args(argv)
     made_at, load = commit(), [os.getloadavg()[0]]  # before anything runs: the README is written at the end
