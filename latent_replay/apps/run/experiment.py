@@ -247,7 +247,8 @@ def run_one(p: Prepared, opts: RunOptions, out: Path, saved: Optional[Saved] = N
     records = _resume(learner, state_dir, opts, out)
     start = len(records)
     saved.batches[run] = (start, scenario.n_batches)
-    write_progress(out, run, start, scenario.n_batches)
+    if start < scenario.n_batches:  # a finished run writes nothing new (its results.json is rewritten as it was)
+        write_progress(out, run, start, scenario.n_batches)
     if start >= scenario.n_batches:
         print(f"run {run}: already complete ({start} of {scenario.n_batches} batches in {state_dir}); "
               f"--fresh starts over", file=sys.stderr)

@@ -63,7 +63,9 @@ def ray_started(address: Optional[str], cpus: Optional[int], cpus_per_run: float
 def run_ray(ray, cells: List[Cell], report: Report, cpus_per_run: float, gpus_per_run: float) -> None:
     """The cells as Ray tasks of `cpus_per_run` CPUs and `gpus_per_run` GPUs each (Ray from `ray_started`)."""
     try:
-        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(run_cell)
+        # max_calls=1: every cell in a fresh worker process, so that its peak RSS is its own and no state of
+        # one cell (sessions, caches) lives on into the next
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0, max_calls=1)(run_cell)
         threads = max(1, int(cpus_per_run))
         pending = {task.remote(cell.argv, cell.log, threads): cell for cell in cells}
         while pending:
