@@ -82,6 +82,6 @@ def test_the_readme_real_image_table_is_folder_methods_output():
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert re.fullmatch(r"\d+\.\d%", cells[2]) and re.fullmatch(r"\d+\.\d%", cells[3]), line
         if line is not lines[-1]:  # joint training is one batch: no forgetting or BWT to speak of
-            assert re.fullmatch(r"\d+\.\d pts", cells[4]) and re.fullmatch(r"[+-]\d+\.\d pts", cells[5]), line
+            assert re.fullmatch(r"-?\d+\.\d pts", cells[4]) and re.fullmatch(r"[+-]\d+\.\d pts", cells[5]), line
     assert re.fullmatch(r"Made by `python benchmarks/folder_methods.py DIR --weights W( --jobs \d+)?( --keep)? --readme "
                         r"README.md` at commit ([0-9a-f]{7,}) \(.*\)\.", note.strip()), note
