@@ -131,7 +131,7 @@ def cell_name(point: Dict[str, Any], run: int) -> str:
     """METHOD-SCENARIO-REPLAY-LAYER-mM[-KEY=V...]-runR, readable and unique per grid point."""
     keys = ("method", "scenario", "replay", "latent_layer", "replay_memory")
     parts = [str(point[k]) if k != "replay_memory" else f"m{point[k]}" for k in keys]
-    parts += [f"{k}={v}" for k, v in sorted(point.items()) if k.startswith("set:") for k in [k[4:]]]
+    parts += [f"{k[4:]}={v}" for k, v in sorted(point.items()) if k.startswith("set:")]
     return "-".join(p.replace("/", "_") for p in parts) + f"-run{run}"
 
 
